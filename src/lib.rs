@@ -1,5 +1,29 @@
-//! synchub: a real-time collaboration hub speaking the Centrifugo client protocol v2.
+//! synchub: a real-time collaboration hub speaking the Centrifugo client
+//! protocol v2 (JSON and Protobuf), so the official centrifuge SDKs connect
+//! unchanged.
 //!
 //! Module map (what each module owns):
-//! - `protocol`: wire types and the JSON/Protobuf codecs.
+//! - `config`: typed, layered configuration (defaults, TOML, `SYNCHUB_*`), validated at start.
+//! - `startup`: the composition root; the only place that picks concrete backends.
+//! - `shutdown`: cancellation and task tracking for every background task.
+//! - `protocol`: wire types generated from `proto/client.proto`, the JSON and Protobuf codecs, codes.
+//! - `auth`: connection and subscription JWTs (HS*, RS*, ES*): verification and minting.
+//! - `channel`: channel names, namespaces, tenant-scoped channel keys.
+//! - `gateway`: WebSocket sessions: reader, bounded writer queue, heartbeat, command dispatch.
+//! - `hub`: node-local registry of sessions and subscriptions, fan-out, position tracking.
+//! - `broker`: the broker and presence traits and the in-memory implementation.
+//! - `rpc`: the RPC method table behind the protocol's `rpc` command.
+//! - `api`: HTTP routes: the Centrifugo-compatible server API, health, readiness, metrics.
+//! - `metrics`: metric names and the Prometheus exporter.
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod gateway;
+pub mod hub;
+pub mod metrics;
 pub mod protocol;
+pub mod rpc;
+pub mod shutdown;
+pub mod startup;

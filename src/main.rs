@@ -1,1 +1,152 @@
-fn main() {}
+//! The `synchub` binary: subcommands only; the work lives in the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use synchub::auth::{ConnectClaims, SubscribeClaims, mint, now_unix};
+use synchub::config::Config;
+use synchub::startup::{Application, resolve_secrets};
+
+#[derive(Parser)]
+#[command(
+    name = "synchub",
+    version,
+    about = "Real-time collaboration hub (Centrifugo protocol v2)"
+)]
+struct Cli {
+    /// TOML configuration file (also `SYNCHUB_CONFIG`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway and the API (the default).
+    Serve,
+    /// Mint a connection token (or, with --channel, a subscription token).
+    Token {
+        #[arg(long, default_value = "")]
+        sub: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Comma-separated roles, e.g. `admin`.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Lifetime, e.g. `1h`, `30m`, `0` for no expiry.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Mint a subscription token for this channel instead.
+        #[arg(long)]
+        channel: Option<String>,
+        /// JSON connection info (shown to others in presence).
+        #[arg(long)]
+        info: Option<String>,
+    },
+    /// Validate the configuration and print the effective values (secrets masked).
+    CheckConfig,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(serve(cli.config)),
+        Command::CheckConfig => {
+            let config = Config::load(cli.config.as_deref())?;
+            println!("{}", config.to_toml());
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Command::Token {
+            sub,
+            tenant,
+            roles,
+            ttl,
+            channel,
+            info,
+        } => {
+            let mut config = Config::load(cli.config.as_deref())?;
+            resolve_secrets(&mut config)?;
+            let secret = config
+                .auth
+                .token_hmac_secret
+                .as_ref()
+                .context("no HMAC secret configured (tokens are signed with the RS/ES private key elsewhere)")?;
+            let ttl = humantime::parse_duration(&ttl)
+                .or_else(|e| {
+                    if ttl == "0" {
+                        Ok(std::time::Duration::ZERO)
+                    } else {
+                        Err(e)
+                    }
+                })
+                .context("--ttl")?;
+            let exp = (!ttl.is_zero()).then(|| now_unix() + ttl.as_secs() as i64);
+            let info = info
+                .map(|i| serde_json::value::RawValue::from_string(i).context("--info must be JSON"))
+                .transpose()?;
+            let token = match channel {
+                Some(channel) => mint(
+                    secret.expose(),
+                    &SubscribeClaims {
+                        sub,
+                        channel,
+                        exp,
+                        info,
+                        ..Default::default()
+                    },
+                )?,
+                None => mint(
+                    secret.expose(),
+                    &ConnectClaims {
+                        sub,
+                        exp,
+                        tenant,
+                        roles,
+                        info,
+                        ..Default::default()
+                    },
+                )?,
+            };
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SYNCHUB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config::load(config_file.as_deref())?;
+    let app = Application::build(config).await?;
+    let addr = app.addr();
+    println!(
+        "synchub {} listening on http://{addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!(
+        "  WebSocket: ws://{addr}/connection/websocket   server API: http://{addr}/api/<method>"
+    );
+    if !app.generated_secrets.is_empty() {
+        println!(
+            "  generated {} into {}",
+            app.generated_secrets.join(", "),
+            app.secrets_file.display()
+        );
+    }
+    println!(
+        "  mint a connection token:  synchub token --sub alice   (add --tenant, --roles admin, --ttl 1h)"
+    );
+    println!(
+        "  the server API key (tenant `default`) is `api_key` in {}",
+        app.secrets_file.display()
+    );
+    app.run_until_stopped(synchub::shutdown::signal()).await
+}

@@ -1,0 +1,230 @@
+//! The composition root: the only place that picks concrete backends and
+//! wires the node together. `Application::build` binds the listener (port 0
+//! works, for tests); `run_until_stopped` serves until the stop signal, then
+//! drains.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+use crate::api::{self, App, AppState};
+use crate::auth::{PublicKey, TokenVerifier};
+use crate::broker::{Broker, MemoryBroker, PresenceManager};
+use crate::channel::ChannelRules;
+use crate::config::{Config, DEFAULT_TENANT, Secret};
+use crate::gateway::GatewayContext;
+use crate::hub::{Hub, NodeIdentity};
+use crate::protocol::Disconnect;
+use crate::rpc::{self, RpcRegistry};
+use crate::shutdown::Shutdown;
+
+/// Secrets generated on first start, kept in the data directory.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct GeneratedSecrets {
+    token_hmac_secret: Option<String>,
+    api_key: Option<String>,
+    encryption_key: Option<String>,
+}
+
+const SECRETS_FILE: &str = "secrets.toml";
+
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Fills unset secrets from `<data_dir>/secrets.toml`, generating and saving
+/// them the first time. Returns the names of secrets generated now.
+pub fn resolve_secrets(config: &mut Config) -> anyhow::Result<Vec<&'static str>> {
+    let path = config.data_dir.join(SECRETS_FILE);
+    let mut stored: GeneratedSecrets = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => GeneratedSecrets::default(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut generated = Vec::new();
+    let mut fill = |slot: &mut Option<Secret>, stored: &mut Option<String>, name: &'static str| {
+        if slot.is_some() {
+            return;
+        }
+        let value = stored.get_or_insert_with(|| {
+            generated.push(name);
+            random_secret()
+        });
+        *slot = Some(Secret::new(value.clone()));
+    };
+    if config.auth.token_public_key.is_none() {
+        fill(
+            &mut config.auth.token_hmac_secret,
+            &mut stored.token_hmac_secret,
+            "token HMAC secret",
+        );
+    }
+    fill(&mut config.api.key, &mut stored.api_key, "API key");
+    fill(
+        &mut config.encryption_key,
+        &mut stored.encryption_key,
+        "encryption key",
+    );
+    if !generated.is_empty() {
+        write_private(&path, &toml::to_string(&stored)?)?;
+    }
+    Ok(generated)
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+    /// Secrets generated at this start (their names), for the first-run message.
+    pub generated_secrets: Vec<&'static str>,
+    pub secrets_file: PathBuf,
+}
+
+impl Application {
+    pub async fn build(mut config: Config) -> anyhow::Result<Self> {
+        let generated_secrets = resolve_secrets(&mut config)?;
+        let config = Arc::new(config);
+        let shutdown = Shutdown::new();
+        let metrics = crate::metrics::install();
+
+        let memory = Arc::new(MemoryBroker::new());
+        let broker: Arc<dyn Broker> = memory.clone();
+        let presence: Arc<dyn PresenceManager> = memory;
+
+        let node = NodeIdentity {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: config.node_name.clone(),
+            started: Instant::now(),
+        };
+        let hub = Hub::new(node, broker, presence);
+
+        let public_key = match &config.auth.token_public_key {
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                Some(
+                    PublicKey::from_pem(&pem)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let verifier = TokenVerifier::new(
+            config.auth.token_hmac_secret.as_ref().map(Secret::expose),
+            public_key,
+        );
+
+        let mut registry = RpcRegistry::new();
+        rpc::register_builtin(&mut registry);
+
+        let gateway = Arc::new(GatewayContext {
+            hub: hub.clone(),
+            verifier,
+            rules: ChannelRules::new(&config.channels, config.client.channel_max_length),
+            rpc: Arc::new(registry),
+            limits: config.client.clone(),
+            anonymous: config.auth.anonymous,
+            presence_ttl: config.client.presence_ttl,
+            shutdown: shutdown.clone(),
+        });
+
+        let mut api_keys = HashMap::new();
+        if let Some(key) = &config.api.key {
+            api_keys.insert(key.expose().to_owned(), DEFAULT_TENANT.to_owned());
+        }
+        for (tenant, t) in &config.tenants {
+            api_keys.insert(t.api_key.expose().to_owned(), tenant.clone());
+        }
+
+        let listener = TcpListener::bind(config.listen_addr())
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        let secrets_file = config.data_dir.join(SECRETS_FILE);
+        let state = AppState(Arc::new(App {
+            config,
+            hub,
+            gateway,
+            api_keys,
+            api_transport_errors: false,
+            metrics,
+            shutdown,
+        }));
+        Ok(Self {
+            listener,
+            addr,
+            state,
+            generated_secrets,
+            secrets_file,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `stop` resolves, then drains: stop accepting, close every
+    /// session with 3001 (reconnect advised), wait for tasks up to the
+    /// shutdown timeout.
+    pub async fn run_until_stopped(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let shutdown = state.shutdown.clone();
+        let router = api::router(state.clone());
+        let token = shutdown.token().clone();
+        let serve = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { token.cancelled().await });
+        let serving = tokio::spawn(async move { serve.await });
+        tracing::info!(addr = %self.addr, node = %state.hub.node.name, "synchub serving");
+        stop.await;
+        tracing::info!("shutting down: closing sessions");
+        shutdown.trigger();
+        state.hub.disconnect_all(&Disconnect::shutdown());
+        let timeout = state.config.shutdown_timeout;
+        if !shutdown.wait(timeout).await {
+            tracing::warn!(
+                remaining = shutdown.running(),
+                "shutdown deadline passed with tasks still running"
+            );
+        }
+        match tokio::time::timeout(timeout, serving).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(e).context("serving HTTP"),
+            Ok(Err(e)) => return Err(e).context("HTTP server task"),
+            Err(_) => tracing::warn!("HTTP server did not stop within the deadline"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

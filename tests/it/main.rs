@@ -1,0 +1,8 @@
+//! One integration-test binary: the real application on port 0, driven
+//! through its front door (WebSocket protocol, HTTP API) and by the
+//! official SDKs.
+
+mod support;
+
+mod gateway;
+mod server_api;
