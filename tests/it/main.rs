@@ -5,4 +5,5 @@
 mod support;
 
 mod gateway;
+mod interop;
 mod server_api;
