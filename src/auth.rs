@@ -237,15 +237,15 @@ impl TokenVerifier {
 }
 
 fn check_times(exp: Option<i64>, nbf: Option<i64>, now: i64) -> Result<(), TokenError> {
-    if let Some(exp) = exp {
-        if exp <= now {
-            return Err(TokenError::Expired);
-        }
+    if let Some(exp) = exp
+        && exp <= now
+    {
+        return Err(TokenError::Expired);
     }
-    if let Some(nbf) = nbf {
-        if nbf > now {
-            return Err(TokenError::Invalid("token not valid yet".into()));
-        }
+    if let Some(nbf) = nbf
+        && nbf > now
+    {
+        return Err(TokenError::Invalid("token not valid yet".into()));
     }
     Ok(())
 }

@@ -83,13 +83,25 @@ pub struct Config {
     pub zoho: ZohoConfig,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://...` selects the Redis broker (scale-out); unset means in-memory.
     pub url: Option<Secret>,
-    /// Key prefix, so several deployments can share one Redis.
+    /// Key prefix, so several deployments can share one Redis (default `synchub`).
     pub prefix: Option<String>,
+    /// Multiplexed command connections per node.
+    pub pool_size: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            prefix: None,
+            pool_size: 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -395,6 +407,22 @@ impl Config {
         if let Some(v) = get("SYNCHUB_REDIS_PREFIX") {
             self.redis.prefix = Some(v);
         }
+        if let Some(v) = get("SYNCHUB_REDIS_POOL_SIZE") {
+            self.redis.pool_size = v.parse().map_err(|_| ConfigError::Env {
+                name: "SYNCHUB_REDIS_POOL_SIZE".into(),
+                message: format!("`{v}` is not a number"),
+            })?;
+        }
+        if let Some(v) = get("SYNCHUB_PRESENCE_TTL") {
+            self.client.presence_ttl =
+                humantime::parse_duration(&v).map_err(|e| ConfigError::Env {
+                    name: "SYNCHUB_PRESENCE_TTL".into(),
+                    message: e.to_string(),
+                })?;
+            if self.client.presence_update_interval >= self.client.presence_ttl {
+                self.client.presence_update_interval = self.client.presence_ttl / 3;
+            }
+        }
         if let Some(v) = get("SYNCHUB_TOKEN_HMAC_SECRET") {
             self.auth.token_hmac_secret = Some(Secret::new(v));
         }
@@ -464,6 +492,26 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(url) = &self.redis.url {
+            let u = url.expose();
+            if !(u.starts_with("redis://")
+                || u.starts_with("rediss://")
+                || u.starts_with("redis+unix://")
+                || u.starts_with("unix://"))
+            {
+                return bad(
+                    "redis url must start with redis://, rediss:// or redis+unix://".into(),
+                );
+            }
+        }
+        if self.redis.pool_size == 0 || self.redis.pool_size > 64 {
+            return bad("redis.pool_size must be between 1 and 64".into());
+        }
+        if let Some(prefix) = &self.redis.prefix
+            && (prefix.is_empty() || prefix.contains(char::is_whitespace))
+        {
+            return bad("redis.prefix must be non-empty without spaces".into());
+        }
         if c.presence_ttl < Duration::from_secs(10) || c.presence_update_interval >= c.presence_ttl
         {
             return bad("client.presence_ttl must be at least 10s and above client.presence_update_interval".into());
@@ -499,12 +547,12 @@ impl Config {
                     "tenants.{tenant}.api_key must be at least 16 characters"
                 ));
             }
-            if let Some(other) = keys.insert(t.api_key.expose().to_owned(), tenant.clone()) {
-                if &other != tenant {
-                    return bad(format!(
-                        "tenants `{other}` and `{tenant}` share one api_key"
-                    ));
-                }
+            if let Some(other) = keys.insert(t.api_key.expose().to_owned(), tenant.clone())
+                && &other != tenant
+            {
+                return bad(format!(
+                    "tenants `{other}` and `{tenant}` share one api_key"
+                ));
             }
         }
         if !valid_tenant_name(&self.zoho.tenant) {
@@ -521,10 +569,10 @@ impl Config {
                 ConfigError::Invalid(format!("auth.token_public_key {}: {e}", path.display()))
             })?;
         }
-        if let Some(secret) = &self.auth.token_hmac_secret {
-            if secret.expose().len() < 16 {
-                return bad("the token HMAC secret must be at least 16 characters".into());
-            }
+        if let Some(secret) = &self.auth.token_hmac_secret
+            && secret.expose().len() < 16
+        {
+            return bad("the token HMAC secret must be at least 16 characters".into());
         }
         Ok(())
     }

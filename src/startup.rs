@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, App, AppState};
 use crate::auth::{PublicKey, TokenVerifier};
-use crate::broker::{Broker, MemoryBroker, PresenceManager};
+use crate::broker::{Broker, MemoryBroker, PresenceManager, RedisBroker};
 use crate::channel::ChannelRules;
 use crate::config::{Config, DEFAULT_TENANT, Secret};
 use crate::gateway::GatewayContext;
@@ -112,16 +112,49 @@ impl Application {
         let shutdown = Shutdown::new();
         let metrics = crate::metrics::install();
 
-        let memory = Arc::new(MemoryBroker::new());
-        let broker: Arc<dyn Broker> = memory.clone();
-        let presence: Arc<dyn PresenceManager> = memory;
-
         let node = NodeIdentity {
             id: uuid::Uuid::new_v4().to_string(),
             name: config.node_name.clone(),
             started: Instant::now(),
         };
+        let (broker, presence, redis): (
+            Arc<dyn Broker>,
+            Arc<dyn PresenceManager>,
+            Option<RedisBroker>,
+        ) = match &config.redis.url {
+            Some(url) => {
+                let redis = RedisBroker::connect(crate::broker::redis::config_from(
+                    url.expose(),
+                    config.redis.prefix.as_deref(),
+                    config.redis.pool_size,
+                    &node.id,
+                ))
+                .await
+                .context("connecting to Redis (SYNCHUB_REDIS_URL)")?;
+                (
+                    Arc::new(redis.clone()),
+                    Arc::new(redis.clone()),
+                    Some(redis),
+                )
+            }
+            None => {
+                let memory = Arc::new(MemoryBroker::new());
+                (memory.clone(), memory, None)
+            }
+        };
         let hub = Hub::new(node, broker, presence);
+        if let Some(redis) = redis {
+            // The hub is registered as the handler before the first subscription.
+            shutdown.spawn("redis-pubsub", redis.clone().run(shutdown.token().clone()));
+            if !redis.wait_healthy(std::time::Duration::from_secs(5)).await {
+                tracing::warn!("Redis pub/sub is not connected yet; the node reports not ready");
+            }
+        }
+        shutdown.spawn(
+            "node-announce",
+            hub.clone()
+                .announce_loop(std::time::Duration::from_secs(3), shutdown.token().clone()),
+        );
 
         let public_key = match &config.auth.token_public_key {
             Some(path) => {

@@ -188,7 +188,7 @@ async fn dispatch(state: &AppState, tenant: &str, method: &str, params: Value) -
         "history" => history(state, tenant, parse(params)?).await,
         "history_remove" => history_remove(state, tenant, parse(params)?).await,
         "channels" => channels(state, tenant, parse(params)?),
-        "info" => Ok(info(state)),
+        "info" => info(state).await,
         "batch" => Box::pin(batch(state, tenant, parse(params)?)).await,
         _ => Err(CallError {
             code: 104,
@@ -563,19 +563,20 @@ fn channels(state: &AppState, tenant: &str, p: ChannelsParams) -> CallResult {
     Ok(json!({ "channels": channels }))
 }
 
-fn info(state: &AppState) -> Value {
-    let node = &state.hub.node;
-    let counts = state.hub.counts();
-    json!({"nodes": [{
-        "uid": node.id,
-        "name": node.name,
-        "version": crate::gateway::SERVER_VERSION,
-        "num_clients": counts.num_clients,
-        "num_users": counts.num_users,
-        "num_channels": counts.num_channels,
-        "num_subs": counts.num_subs,
-        "uptime": node.started.elapsed().as_secs(),
-    }]})
+/// Every live node with its counts (this node's counts are always fresh).
+async fn info(state: &AppState) -> CallResult {
+    let mut nodes = state
+        .hub
+        .broker()
+        .nodes()
+        .await
+        .map_err(|e| CallError::from_broker(&e))?;
+    let me = state.hub.node_info();
+    match nodes.iter_mut().find(|n| n.uid == me.uid) {
+        Some(n) => *n = me,
+        None => nodes.push(me),
+    }
+    Ok(json!({ "nodes": nodes }))
 }
 
 #[derive(Deserialize)]

@@ -57,6 +57,7 @@ impl Stream {
 pub struct MemoryBroker {
     handler: OnceLock<Weak<dyn BrokerEventHandler>>,
     streams: DashMap<ChannelKey, Arc<Mutex<Stream>>>,
+    node: Mutex<Option<super::NodeInfo>>,
     presence: DashMap<ChannelKey, HashMap<String, (ClientInfo, Instant)>>,
 }
 
@@ -224,6 +225,15 @@ impl Broker for MemoryBroker {
 
     fn is_healthy(&self) -> bool {
         true
+    }
+
+    async fn announce_node(&self, info: &super::NodeInfo) -> Result<(), BrokerError> {
+        *lock(&self.node) = Some(info.clone());
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<super::NodeInfo>, BrokerError> {
+        Ok(lock(&self.node).iter().cloned().collect())
     }
 }
 

@@ -8,6 +8,7 @@
 //! implements the same traits for many nodes.
 
 pub mod memory;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::channel::ChannelKey;
 use crate::protocol::{ClientInfo, Publication};
 
 pub use memory::MemoryBroker;
+pub use redis::{RedisBroker, RedisBrokerConfig};
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum BrokerError {
@@ -147,6 +149,9 @@ pub trait BrokerEventHandler: Send + Sync {
     fn handle_join(&self, channel: &ChannelKey, info: ClientInfo);
     fn handle_leave(&self, channel: &ChannelKey, info: ClientInfo);
     fn handle_control(&self, message: ControlMessage);
+    /// The node lost its subscriptions for a while (the backend reconnected):
+    /// deliveries may have been missed, so positioned subscribers must recover.
+    fn handle_resubscribed(&self);
 }
 
 /// Publish/subscribe with history streams.
@@ -202,6 +207,26 @@ pub trait Broker: Send + Sync + 'static {
 
     /// False while the backend is unreachable (`/readyz`).
     fn is_healthy(&self) -> bool;
+
+    /// Announces this node (called every few seconds); nodes that stop
+    /// announcing drop out of [`Broker::nodes`].
+    async fn announce_node(&self, info: &NodeInfo) -> Result<(), BrokerError>;
+
+    /// Every live node, this one included.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError>;
+}
+
+/// What a node tells the others about itself (`/api/info`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub uid: String,
+    pub name: String,
+    pub version: String,
+    pub num_clients: u32,
+    pub num_users: u32,
+    pub num_channels: u32,
+    pub num_subs: u32,
+    pub uptime: u64,
 }
 
 /// Who is in a channel. Entries expire after `ttl` unless refreshed, so a

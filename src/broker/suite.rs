@@ -49,6 +49,7 @@ impl BrokerEventHandler for Recorder {
             .unwrap()
             .push(("control".into(), format!("{message:?}"), 0));
     }
+    fn handle_resubscribed(&self) {}
 }
 
 fn retention(size: usize) -> HistoryRetention {

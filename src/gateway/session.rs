@@ -518,10 +518,10 @@ impl Session {
                 Err(TokenError::Invalid(_)) => return Err(ErrorCode::PermissionDenied.into()),
             }
         }
-        if let Some(users) = &resolved.allowed_users {
-            if !users.iter().any(|u| **u == *c.user) {
-                return Err(ErrorCode::PermissionDenied.into());
-            }
+        if let Some(users) = &resolved.allowed_users
+            && !users.iter().any(|u| **u == *c.user)
+        {
+            return Err(ErrorCode::PermissionDenied.into());
         }
         self.start_subscription(Target::Reply(id), req, resolved, grant)
             .await
@@ -620,15 +620,14 @@ impl Session {
             conn_info: c.info.clone(),
             chan_info: grant.chan_info.clone(),
         };
-        if options.presence {
-            if let Err(e) = ctx
+        if options.presence
+            && let Err(e) = ctx
                 .hub
                 .presence()
                 .add_presence(&key, &info, presence_ttl)
                 .await
-            {
-                tracing::warn!(error = %e, "presence add failed");
-            }
+        {
+            tracing::warn!(error = %e, "presence add failed");
         }
         c.subs.insert(
             channel.clone(),
@@ -661,10 +660,10 @@ impl Session {
             Ok(bytes) => subscriber.go_live(bytes, &position),
             Err(_) => self.outbound.close(Disconnect::inappropriate_protocol()),
         }
-        if options.join_leave {
-            if let Err(e) = ctx.hub.broker().publish_join(&key, info).await {
-                tracing::warn!(error = %e, "join publish failed");
-            }
+        if options.join_leave
+            && let Err(e) = ctx.hub.broker().publish_join(&key, info).await
+        {
+            tracing::warn!(error = %e, "join publish failed");
         }
         Ok(None)
     }
@@ -687,15 +686,15 @@ impl Session {
     async fn drop_subscription(&self, sub: Subscription) {
         let hub = &self.ctx.hub;
         hub.remove_subscriber(&sub.key, &self.client).await;
-        if sub.resolved.options.presence {
-            if let Err(e) = hub.presence().remove_presence(&sub.key, &self.client).await {
-                tracing::warn!(error = %e, "presence remove failed");
-            }
+        if sub.resolved.options.presence
+            && let Err(e) = hub.presence().remove_presence(&sub.key, &self.client).await
+        {
+            tracing::warn!(error = %e, "presence remove failed");
         }
-        if sub.resolved.options.join_leave {
-            if let Err(e) = hub.broker().publish_leave(&sub.key, sub.info).await {
-                tracing::warn!(error = %e, "leave publish failed");
-            }
+        if sub.resolved.options.join_leave
+            && let Err(e) = hub.broker().publish_leave(&sub.key, sub.info).await
+        {
+            tracing::warn!(error = %e, "leave publish failed");
         }
     }
 

@@ -324,11 +324,9 @@ impl Hub {
             entry.insert(subscriber.session.client.clone(), subscriber.clone());
             first
         };
-        if first {
-            if let Err(e) = self.broker.subscribe(channel).await {
-                self.remove_entry(channel, &subscriber.session.client);
-                return Err(e);
-            }
+        if first && let Err(e) = self.broker.subscribe(channel).await {
+            self.remove_entry(channel, &subscriber.session.client);
+            return Err(e);
         }
         metrics::gauge!(crate::metrics::SUBSCRIPTIONS).increment(1.0);
         Ok(())
@@ -353,10 +351,8 @@ impl Hub {
         if removed {
             metrics::gauge!(crate::metrics::SUBSCRIPTIONS).decrement(1.0);
         }
-        if last {
-            if let Err(e) = self.broker.unsubscribe(channel).await {
-                tracing::warn!(channel = ?channel, error = %e, "broker unsubscribe failed");
-            }
+        if last && let Err(e) = self.broker.unsubscribe(channel).await {
+            tracing::warn!(channel = ?channel, error = %e, "broker unsubscribe failed");
         }
     }
 
@@ -418,10 +414,11 @@ impl Hub {
                 tracing::warn!(error = %e, "history read failed");
                 ErrorCode::Internal
             })?;
-        if let Some((_, epoch)) = &since {
-            if !epoch.is_empty() && *epoch != page.position.epoch {
-                return Err(ErrorCode::UnrecoverablePosition);
-            }
+        if let Some((_, epoch)) = &since
+            && !epoch.is_empty()
+            && *epoch != page.position.epoch
+        {
+            return Err(ErrorCode::UnrecoverablePosition);
         }
         Ok(HistoryResult {
             publications: page.publications,
@@ -474,7 +471,64 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// What this node announces to the others.
+    pub fn node_info(&self) -> crate::broker::NodeInfo {
+        let counts = self.counts();
+        crate::broker::NodeInfo {
+            uid: self.node.id.clone(),
+            name: self.node.name.clone(),
+            version: crate::gateway::SERVER_VERSION.to_owned(),
+            num_clients: counts.num_clients,
+            num_users: counts.num_users,
+            num_channels: counts.num_channels,
+            num_subs: counts.num_subs,
+            uptime: self.node.started.elapsed().as_secs(),
+        }
+    }
+
+    /// Announces this node every `every` until cancelled.
+    pub async fn announce_loop(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.broker.announce_node(&self.node_info()).await {
+                        tracing::debug!(error = %e, "node announce failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl BrokerEventHandler for Hub {
+    fn handle_resubscribed(&self) {
+        // Publications may have been lost while the node was not subscribed:
+        // every positioned subscriber resubscribes and recovers from history.
+        let mut affected = 0usize;
+        for entry in self.channels.iter() {
+            for s in entry.values().filter(|s| s.positioned) {
+                let mut pos = s.lock();
+                if matches!(pos.phase, Phase::Live) {
+                    pos.phase = Phase::Ended;
+                    drop(pos);
+                    s.lost_position();
+                    affected += 1;
+                }
+            }
+        }
+        tracing::info!(
+            affected,
+            "broker resubscribed: positioned subscribers asked to recover"
+        );
+    }
+
     fn handle_publication(&self, channel: &ChannelKey, publication: Publication, epoch: &str) {
         let subscribers = self.subscribers(channel);
         if subscribers.is_empty() {

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod cluster;
 mod gateway;
 mod interop;
 mod server_api;
