@@ -141,6 +141,7 @@ async fn shared_redis() -> Option<String> {
 
 #[tokio::test]
 async fn three_nodes_share_publications_presence_and_control() {
+    let _heavy = heavy().await;
     let Some(redis) = shared_redis().await else {
         return;
     };
@@ -216,6 +217,7 @@ async fn three_nodes_share_publications_presence_and_control() {
 
 #[tokio::test]
 async fn centrifuge_js_recovers_on_another_node() {
+    let _heavy = heavy().await;
     let Some(redis) = shared_redis().await else {
         return;
     };
@@ -328,6 +330,7 @@ impl PrivateRedis {
 
 #[tokio::test]
 async fn redis_restart_loses_no_acknowledged_publication() {
+    let _heavy = heavy().await;
     if !js_ready() {
         return;
     }
@@ -446,6 +449,7 @@ async fn redis_restart_loses_no_acknowledged_publication() {
 
 #[tokio::test]
 async fn a_crashed_nodes_clients_leave_presence_within_the_ttl() {
+    let _heavy = heavy().await;
     let Some(redis) = shared_redis().await else {
         return;
     };
@@ -502,6 +506,7 @@ async fn a_crashed_nodes_clients_leave_presence_within_the_ttl() {
 
 #[tokio::test]
 async fn after_a_redis_restart_subscribers_recover_and_live_delivery_resumes() {
+    let _heavy = heavy().await;
     let Some(mut redis) = PrivateRedis::start().await else {
         return;
     };
@@ -542,6 +547,7 @@ async fn after_a_redis_restart_subscribers_recover_and_live_delivery_resumes() {
 
 #[tokio::test]
 async fn an_unrecovered_subscriber_on_redis_still_gets_live_publications() {
+    let _heavy = heavy().await;
     let Some(redis) = shared_redis().await else {
         return;
     };

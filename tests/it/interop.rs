@@ -42,6 +42,7 @@ fn python_installed() -> bool {
 }
 
 async fn run_runner(program: &str, script: &Path, format: &str) {
+    let _heavy = heavy().await;
     let app = TestApp::spawn().await;
     let mut cmd = tokio::process::Command::new(program);
     cmd.arg(script)

@@ -138,6 +138,16 @@ impl Drop for TestApp {
     }
 }
 
+/// Tests that start several processes (nodes, SDK runners, redis-server)
+/// take this lock so that, on a small machine, they do not starve each other
+/// into timeouts; light tests keep running in parallel.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
 pub fn token(user: &str) -> String {
     token_with(ConnectClaims {
         sub: user.into(),
@@ -185,7 +195,7 @@ pub struct Closed {
     pub reason: String,
 }
 
-const WAIT: Duration = Duration::from_secs(5);
+const WAIT: Duration = Duration::from_secs(10);
 
 impl WsClient {
     pub async fn open(url: &str, encoding: Encoding) -> Self {
