@@ -2,4 +2,6 @@
 //!
 //! Module map (what each module owns):
 //! - `protocol`: wire types and the JSON/Protobuf codecs.
+//! - `zoho`: the Zoho CRM v8 client and `zoho::sim`, the Zoho emulator.
 pub mod protocol;
+pub mod zoho;

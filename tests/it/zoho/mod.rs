@@ -1,0 +1,1 @@
+//! Integration tests of the Zoho client against the emulator.
