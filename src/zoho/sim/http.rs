@@ -107,14 +107,13 @@ pub fn router(state: Arc<SimState>) -> Router {
 }
 
 async fn log_requests(State(state): State<Arc<SimState>>, req: Request, next: Next) -> Response {
-    let method = req.method().to_string();
-    let path = req.uri().path().to_owned();
-    let response = next.run(req).await;
-    state.record_request(LoggedRequest {
-        method,
-        path,
-        status: response.status().as_u16(),
+    let seq = state.record_request(LoggedRequest {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        status: 0,
     });
+    let response = next.run(req).await;
+    state.answered(seq, response.status().as_u16());
     response
 }
 
@@ -126,9 +125,6 @@ async fn gate(State(state): State<Arc<SimState>>, req: Request, next: Next) -> R
         let mut faults = state.faults.lock().unwrap_or_else(|e| e.into_inner());
         (faults.take(&method, &path), faults.config.latency)
     };
-    if !latency.is_zero() {
-        pause(&state, latency).await;
-    }
     match fault {
         Some(Fault::Status(code)) => status_fault(code),
         Some(Fault::InvalidToken) => SimError::invalid_token().into_response(),
@@ -138,14 +134,14 @@ async fn gate(State(state): State<Arc<SimState>>, req: Request, next: Next) -> R
         }
         Some(Fault::Delay(extra)) => {
             pause(&state, extra).await;
-            admit(state, req, next).await
+            admit(state, req, next, latency).await
         }
         Some(Fault::LoseReply) => {
-            let response = admit(state.clone(), req, next).await;
+            let response = admit(state.clone(), req, next, latency).await;
             pause(&state, stall_time(&state)).await;
             response
         }
-        None => admit(state, req, next).await,
+        None => admit(state, req, next, latency).await,
     }
 }
 
@@ -178,7 +174,8 @@ fn status_fault(code: u16) -> Response {
 }
 
 /// Authentication, concurrency and credits, then the handler.
-async fn admit(state: Arc<SimState>, mut req: Request, next: Next) -> Response {
+/// `latency` is spent while holding a concurrency slot, as a slow server would.
+async fn admit(state: Arc<SimState>, mut req: Request, next: Next, latency: Duration) -> Response {
     let user = match authenticate(&state, req.headers()) {
         Ok(user) => user,
         Err(err) => return err.into_response(),
@@ -193,6 +190,9 @@ async fn admit(state: Arc<SimState>, mut req: Request, next: Next) -> Response {
         Ok(remaining) => remaining,
         Err(err) => return err.into_response(),
     };
+    if !latency.is_zero() {
+        pause(&state, latency).await;
+    }
     let mut response = next.run(req).await;
     if let Some(left) = remaining
         && let Ok(value) = HeaderValue::from_str(&left.to_string())

@@ -346,14 +346,14 @@ impl SimHandle {
     /// Requests seen so far (API and token endpoint), oldest first.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         let log = self.state.log.lock().unwrap_or_else(|e| e.into_inner());
-        log.iter().cloned().collect()
+        log.iter().map(|(_, r)| r.clone()).collect()
     }
 
     /// How many requests matched `method` and a path containing `fragment`.
     pub fn count(&self, method: &str, fragment: &str) -> usize {
         let log = self.state.log.lock().unwrap_or_else(|e| e.into_inner());
         log.iter()
-            .filter(|r| r.method == method && r.path.contains(fragment))
+            .filter(|(_, r)| r.method == method && r.path.contains(fragment))
             .count()
     }
 

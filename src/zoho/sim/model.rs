@@ -770,7 +770,12 @@ pub fn field_json(field: &FieldDef, id: &str) -> Value {
         "hipaa_compliance": null,
         "convert_mapping": {},
         "rollup_summary": {},
-        "length": field.max_length().unwrap_or(0),
+        // Never 0: the Node SDK reads an object whose `length` is 0 as empty.
+        "length": field.max_length().unwrap_or(match field.data_type.as_str() {
+            "date" | "datetime" => 20,
+            "boolean" => 5,
+            _ => 120,
+        }),
         "display_field": false,
         "pick_list_values_sorted_lexically": false,
         "sortable": true,

@@ -234,7 +234,9 @@ impl World {
     }
 }
 
-/// One request as the emulator saw it, for tests to count.
+/// One request as the emulator saw it, for tests to count. It is logged on
+/// arrival, so requests whose answer never arrives (stalls, lost replies)
+/// count too; `status` is 0 until the answer is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedRequest {
     pub method: String,
@@ -249,7 +251,8 @@ pub struct SimState {
     world: Mutex<World>,
     pub faults: Mutex<FaultState>,
     pub clock_skew: Mutex<Duration>,
-    pub log: Mutex<VecDeque<LoggedRequest>>,
+    pub log: Mutex<VecDeque<(u64, LoggedRequest)>>,
+    next_log_seq: AtomicU64,
     pub credits: Mutex<VecDeque<(OffsetDateTime, u64)>>,
     pub in_flight: AtomicUsize,
     pub complex_in_flight: AtomicUsize,
@@ -281,6 +284,7 @@ impl SimState {
             faults: Mutex::new(faults),
             clock_skew: Mutex::new(Duration::ZERO),
             log: Mutex::new(VecDeque::new()),
+            next_log_seq: AtomicU64::new(0),
             credits: Mutex::new(VecDeque::new()),
             in_flight: AtomicUsize::new(0),
             complex_in_flight: AtomicUsize::new(0),
@@ -306,11 +310,24 @@ impl SimState {
         at.replace_nanosecond(0).unwrap_or(at)
     }
 
-    pub fn record_request(&self, entry: LoggedRequest) {
+    /// Logs an arriving request; returns its sequence number for [`Self::answered`].
+    pub fn record_request(&self, entry: LoggedRequest) -> u64 {
+        let seq = self
+            .next_log_seq
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
         if log.len() >= LOG_CAPACITY {
             log.pop_front();
         }
-        log.push_back(entry);
+        log.push_back((seq, entry));
+        seq
+    }
+
+    /// Records the status a logged request was answered with.
+    pub fn answered(&self, seq: u64, status: u16) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, entry)) = log.iter_mut().rev().find(|(s, _)| *s == seq) {
+            entry.status = status;
+        }
     }
 }
