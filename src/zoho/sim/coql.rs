@@ -365,7 +365,7 @@ impl Cond {
         match self {
             Cond::And(a, b) => a.eval(module, rec, zone) && b.eval(module, rec, zone),
             Cond::Or(a, b) => a.eval(module, rec, zone) || b.eval(module, rec, zone),
-            Cond::Null(f, negated) => get(f).is_null() == !negated,
+            Cond::Null(f, negated) => get(f).is_null() != *negated,
             Cond::Cmp(f, op, lit) => {
                 let value = get(f);
                 if value.is_null() {

@@ -153,7 +153,7 @@ pub struct SimArgs {
     #[arg(long)]
     pub seed: Option<PathBuf>,
     /// The API user's time zone offset, e.g. +05:30 or -07:00.
-    #[arg(long, default_value = "+05:30", value_parser = parse_zone)]
+    #[arg(long, default_value = "+05:30", value_parser = parse_zone, allow_hyphen_values = true)]
     pub time_zone: UtcOffset,
     /// Access token lifetime.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]

@@ -126,7 +126,7 @@ async function main() {
   record.addKeyValue("Lead_Source", new Z.Choice("Partner"));
   const fresh = new Z.Record.Record();
   fresh.addKeyValue("Last_Name", "Upserted");
-  fresh.addKeyValue("Email", `fresh-${email}`);
+  fresh.addKeyValue("Email", `fresh.${Date.now()}@interop.invalid`);
   body = new Z.Record.BodyWrapper();
   body.setData([record, fresh]);
   body.setDuplicateCheckFields(["Email"]);
@@ -172,8 +172,8 @@ async function main() {
 
   step = "delete";
   params = new Z.ParameterMap();
-  await params.add(Z.Record.DeleteRecordsParam.IDS, BigInt(id));
-  await params.add(Z.Record.DeleteRecordsParam.IDS, BigInt(freshId));
+  await params.add(Z.Record.DeleteRecordsParam.IDS, String(id));
+  await params.add(Z.Record.DeleteRecordsParam.IDS, String(freshId));
   const deleted = actionEntries(await leads.deleteRecords(params), 200);
   check(deleted.length === 2, `expected two deletions, got ${deleted.length}`);
   response = await leads.getRecord(BigInt(id), new Z.ParameterMap());

@@ -607,3 +607,51 @@ async fn bulk_read_exports_a_zipped_csv() {
     assert!(text.contains("Zylker platform renewal"));
     assert!(!text.contains("Chapman pilot"));
 }
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    sim: synchub::zoho::sim::SimArgs,
+}
+
+#[tokio::test]
+async fn the_zoho_sim_command_parses_its_flags_and_stops_on_cancel() {
+    use clap::Parser;
+    let cli = Cli::try_parse_from([
+        "zoho-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--time-zone",
+        "-07:00",
+        "--edition",
+        "free",
+        "--latency",
+        "5ms",
+        "--error-rate",
+        "0.1",
+        "--token-lifetime",
+        "10m",
+        "--job-delay",
+        "0s",
+    ])
+    .expect("the flags parse");
+    assert_eq!(cli.sim.edition, synchub::zoho::sim::Edition::Free);
+    let config = cli.sim.clone().into_config().expect("a config");
+    assert_eq!(config.concurrency_limit(), 5);
+    assert_eq!(config.credit_limit(), 5_000);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(synchub::zoho::sim::run(cli.sim, shutdown.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(2), running)
+        .await
+        .expect("stops promptly")
+        .expect("the task ends")
+        .expect("run returns Ok");
+    assert!(
+        Cli::try_parse_from(["zoho-sim", "--error-rate", "2"])
+            .map(|c| c.sim.into_config().is_err())
+            .unwrap_or(true)
+    );
+    assert!(Cli::try_parse_from(["zoho-sim", "--time-zone", "India"]).is_err());
+}

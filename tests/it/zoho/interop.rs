@@ -58,12 +58,3 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).expect("a temp dir");
     dir
 }
-
-#[tokio::test]
-#[ignore = "debugging aid: serves the emulator on 127.0.0.1:9000 for 10 minutes"]
-async fn serve_for_manual_runs() {
-    let mut config = fast_sim_config();
-    config.listen = "127.0.0.1:9000".parse().expect("addr");
-    let _sim = start_sim(config).await;
-    tokio::time::sleep(Duration::from_secs(600)).await;
-}
