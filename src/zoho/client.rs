@@ -12,6 +12,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -453,6 +454,8 @@ struct Inner {
     rate: DefaultDirectRateLimiter,
     credits: Option<DefaultDirectRateLimiter>,
     slots: Semaphore,
+    /// Last `X-API-CREDITS-REMAINING` seen; `u64::MAX` until Zoho sends one.
+    credits_seen: AtomicU64,
 }
 
 impl fmt::Debug for ZohoClient {
@@ -498,12 +501,23 @@ impl ZohoClient {
                 rate,
                 credits,
                 slots,
+                credits_seen: AtomicU64::new(u64::MAX),
             }),
         })
     }
 
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    /// The credits Zoho last said remain in its 24-hour window. Zoho only
+    /// sends this once half the day's credits are spent, so `None` means
+    /// "plenty" (or no call made yet).
+    pub fn credits_remaining(&self) -> Option<u64> {
+        match self.inner.credits_seen.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(n),
+        }
     }
 
     fn api(&self, path: &str) -> String {
@@ -557,6 +571,13 @@ impl ZohoClient {
             .map_err(|e| transport_error(&e, timeout))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
+        if let Some(left) = headers
+            .get("x-api-credits-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            inner.credits_seen.store(left, Ordering::Relaxed);
+        }
         let bytes = response
             .bytes()
             .await

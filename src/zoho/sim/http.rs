@@ -181,7 +181,10 @@ async fn admit(state: Arc<SimState>, mut req: Request, next: Next, latency: Dura
         Err(err) => return err.into_response(),
     };
     req.extensions_mut().insert(AuthUser(user));
-    let complex = is_complex(&req);
+    let (req, complex) = match classify(req).await {
+        Ok(classified) => classified,
+        Err(err) => return err.into_response(),
+    };
     let _slot = match Slot::enter(&state, complex) {
         Ok(slot) => slot,
         Err(err) => return err.into_response(),
@@ -222,14 +225,45 @@ fn authenticate(state: &SimState, headers: &HeaderMap) -> Result<String, SimErro
     }
 }
 
-/// The "complex APIs" that count against the sub-concurrency of 10.
-fn is_complex(req: &Request) -> bool {
-    let path = req.uri().path();
+/// Writes of more than this many records count as complex APIs.
+const COMPLEX_WRITE: usize = 10;
+
+/// Whether a request is one of the "complex APIs" that count against the
+/// sub-concurrency: COQL, mass update, bulk, sorted lists, and JSON writes
+/// of more than ten records (which needs a look at the body, so the body is
+/// buffered and handed on unchanged).
+async fn classify(req: Request) -> Result<(Request, bool), SimError> {
+    let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or_default();
-    path.contains("/coql")
-        || path.contains("/mass_update")
-        || path.starts_with("/crm/bulk/")
-        || (req.method() == axum::http::Method::GET && query.contains("sort_by="))
+    let method = req.method().clone();
+    if path.contains("/coql") || path.contains("/mass_update") || path.starts_with("/crm/bulk/") {
+        return Ok((req, true));
+    }
+    if method == axum::http::Method::GET {
+        let sorted = query.contains("sort_by=");
+        return Ok((req, sorted));
+    }
+    let multipart = header_str(req.headers(), "content-type")
+        .is_some_and(|c| c.to_ascii_lowercase().starts_with("multipart/"));
+    if multipart || !(method == axum::http::Method::POST || method == axum::http::Method::PUT) {
+        return Ok((req, false));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|_| {
+        SimError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "FILE_TOO_LARGE",
+            "the request body is too large",
+        )
+    })?;
+    let records = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("data").and_then(|d| d.as_array().map(Vec::len)))
+        .unwrap_or(0);
+    Ok((
+        Request::from_parts(parts, axum::body::Body::from(bytes)),
+        records > COMPLEX_WRITE,
+    ))
 }
 
 /// A concurrency slot, released on drop (also when the client goes away).

@@ -282,3 +282,63 @@ async fn too_much_concurrency_gets_429s_that_the_client_waits_out() {
         "the emulator did push back"
     );
 }
+
+#[tokio::test]
+async fn the_client_refreshes_before_the_token_expires() {
+    let mut config = fast_sim_config();
+    config.token_lifetime = Duration::from_secs(2);
+    let sim = start_sim(config).await;
+    let mut client_cfg = client_config(&sim);
+    client_cfg.refresh_margin = Duration::from_millis(1_500);
+    let client = client_with(&sim, client_cfg);
+    client
+        .get_record("Leads", LEAD, None)
+        .await
+        .expect("first call");
+    // Inside the refresh margin: the next call refreshes first instead of
+    // waiting for Zoho's 401.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client
+        .get_record("Leads", LEAD, None)
+        .await
+        .expect("second call");
+    assert_eq!(sim.token_requests(), 2);
+    assert!(
+        sim.requests().iter().all(|r| r.status != 401),
+        "no call was refused"
+    );
+}
+
+#[tokio::test]
+async fn large_writes_count_against_the_sub_concurrency() {
+    let mut config = fast_sim_config();
+    config.sub_concurrency = 1;
+    config.faults.latency = Duration::from_millis(80);
+    let sim = start_sim(config).await;
+    let client = client_with(&sim, client_config(&sim));
+    let batch = |tag: &str| -> Vec<_> {
+        (0..11)
+            .map(|i| rec(json!({"Last_Name": format!("{tag} {i}")})))
+            .collect()
+    };
+    let (first, second) = (batch("a"), batch("b"));
+    let (a, b) = tokio::join!(
+        client.insert("Leads", &first),
+        client.insert("Leads", &second)
+    );
+    assert!(a.expect("a").iter().all(|r| r.outcome.is_ok()));
+    assert!(b.expect("b").iter().all(|r| r.outcome.is_ok()));
+    assert!(
+        sim.requests().iter().any(|r| r.status == 429),
+        "the second large write was pushed back"
+    );
+    assert_eq!(
+        sim.record_count("Leads"),
+        24,
+        "429s are retried even for inserts: nothing was applied"
+    );
+    assert!(
+        client.credits_remaining().is_none(),
+        "plenty of credits left"
+    );
+}
