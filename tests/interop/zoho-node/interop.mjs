@@ -20,6 +20,9 @@ const clientSecret = process.env.ZOHO_CLIENT_SECRET ?? "synchub-dev-secret";
 const refreshToken = process.env.ZOHO_REFRESH_TOKEN ?? "1000.synchub.dev.refresh";
 const cache = process.env.ZOHO_CACHE_DIR ?? "./zoho-cache";
 fs.mkdirSync(cache, { recursive: true });
+// Access tokens from an earlier emulator run mean nothing to this one, and
+// the SDK does not refresh on 401: start from the refresh token every time.
+fs.rmSync(`${cache}/tokens.txt`, { force: true });
 
 let step = "setup";
 function check(condition, message) {
