@@ -133,9 +133,13 @@ fn tokenize(text: &str) -> Result<Vec<Tok>, SimError> {
     Ok(out)
 }
 
+/// Nesting deeper than this is refused rather than risking the stack.
+const MAX_DEPTH: usize = 32;
+
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -284,7 +288,12 @@ impl Parser {
 
     fn primary(&mut self) -> Result<Cond, SimError> {
         if self.symbol("(") {
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(syntax("("));
+            }
             let inner = self.or_expr()?;
+            self.depth -= 1;
             if !self.symbol(")") {
                 return Err(syntax(&self.near()));
             }
@@ -332,7 +341,12 @@ impl Parser {
 
 fn parse(text: &str) -> Result<Select, SimError> {
     let toks = tokenize(text)?;
-    Parser { toks, pos: 0 }.select()
+    Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+    }
+    .select()
 }
 
 fn invalid_column(name: &str) -> SimError {
@@ -422,7 +436,7 @@ pub async fn query(State(state): State<Arc<SimState>>, body: Bytes) -> Result<Re
         .ok_or_else(|| SimError::mandatory_missing("select_query"))?;
     let select = parse(text)?;
     if select.limit > MAX_LIMIT
-        || select.offset + select.limit > MAX_REACH
+        || select.offset.saturating_add(select.limit) > MAX_REACH
         || select.fields.len() > 50
     {
         return Err(
@@ -486,7 +500,7 @@ pub async fn query(State(state): State<Arc<SimState>>, body: Bytes) -> Result<Re
         });
     }
     let total = rows.len();
-    let end = (select.offset + select.limit).min(total);
+    let end = select.offset.saturating_add(select.limit).min(total);
     if select.offset >= end {
         return Ok(empty_reply(StatusCode::NO_CONTENT));
     }

@@ -40,7 +40,11 @@ fn invalid(reason: &str) -> CriteriaError {
 impl Criteria {
     pub fn parse(text: &str) -> Result<Self, CriteriaError> {
         let chars: Vec<char> = text.trim().chars().collect();
-        let mut parser = Parser { chars, pos: 0 };
+        let mut parser = Parser {
+            chars,
+            pos: 0,
+            depth: 0,
+        };
         let criteria = parser.expr()?;
         parser.skip_ws();
         if parser.pos != parser.chars.len() {
@@ -229,9 +233,13 @@ pub fn compare(data_type: &str, value: &Value, literal: &str, zone: UtcOffset) -
     }
 }
 
+/// Nesting deeper than this is refused rather than risking the stack.
+const MAX_DEPTH: usize = 32;
+
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -265,7 +273,12 @@ impl Parser {
         self.skip_ws();
         if self.chars.get(self.pos) == Some(&'(') {
             self.pos += 1;
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return Err(invalid("criteria nested too deeply"));
+            }
             let inner = self.expr()?;
+            self.depth -= 1;
             self.skip_ws();
             if self.chars.get(self.pos) != Some(&')') {
                 return Err(invalid("unbalanced parentheses"));

@@ -112,9 +112,36 @@ async fn log_requests(State(state): State<Arc<SimState>>, req: Request, next: Ne
         path: req.uri().path().to_owned(),
         status: 0,
     });
-    let response = next.run(req).await;
+    let response = zoho_shaped(next.run(req).await);
     state.answered(seq, response.status().as_u16());
     response
+}
+
+/// Axum's own rejections (a path that is not UTF-8, a body over the limit)
+/// are plain text; Zoho always answers errors in its JSON shape.
+fn zoho_shaped(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let err = match status.as_u16() {
+        404 => SimError::invalid_url(),
+        405 => SimError::method_not_allowed(),
+        413 => SimError::new(status, "FILE_TOO_LARGE", "the request body is too large"),
+        415 => SimError::new(
+            status,
+            "MEDIA_TYPE_NOT_SUPPORTED",
+            "the media type is not supported",
+        ),
+        400..=499 => SimError::new(status, "INVALID_DATA", "invalid data"),
+        _ => SimError::internal(),
+    };
+    err.into_response()
 }
 
 /// Faults first (they model the network and Zoho's front end), then the API.
