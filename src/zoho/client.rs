@@ -651,18 +651,30 @@ impl ZohoClient {
         let mut refreshed = false;
         let mut throttled = Duration::ZERO;
         let mut throttle_round = 0u32;
-        let mut token = self.inner.tokens.access_token().await?;
+        let mut token: Option<String> = None;
         loop {
-            let err = match self.attempt(&call, &token).await {
-                Ok(reply) => return Ok(reply),
-                Err(err) => err,
+            // Token errors go through the same advice as call errors: a
+            // throttled token endpoint is waited out, refused credentials are not.
+            let err = match &token {
+                None => match self.inner.tokens.access_token().await {
+                    Ok(fresh) => {
+                        token = Some(fresh);
+                        continue;
+                    }
+                    Err(err) => err,
+                },
+                Some(current) => match self.attempt(&call, current).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(err) => err,
+                },
             };
-            let advice = err.retry_advice();
-            match advice {
+            match err.retry_advice() {
                 RetryAdvice::RefreshToken if !refreshed => {
                     refreshed = true;
                     tracing::debug!(url = %call.url, "Zoho refused the access token; refreshing once");
-                    token = self.inner.tokens.refresh_after_rejection(&token).await?;
+                    if let Some(stale) = token.take() {
+                        self.inner.tokens.invalidate(&stale).await;
+                    }
                 }
                 RetryAdvice::Throttle { after } => {
                     throttle_round += 1;
@@ -683,7 +695,7 @@ impl ZohoClient {
                     tracing::debug!(?wait, attempt = attempts, error = %err, "retrying Zoho call");
                     tokio::time::sleep(wait).await;
                     // A refresh may be due after a long wait.
-                    token = self.inner.tokens.access_token().await?;
+                    token = None;
                 }
                 _ => return Err(err),
             }
@@ -1195,7 +1207,8 @@ impl ZohoClient {
             );
             if err.retry_advice() == RetryAdvice::RefreshToken && !refreshed {
                 refreshed = true;
-                token = self.inner.tokens.refresh_after_rejection(&token).await?;
+                self.inner.tokens.invalidate(&token).await;
+                token = self.inner.tokens.access_token().await?;
                 continue;
             }
             return Err(err);

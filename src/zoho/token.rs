@@ -93,7 +93,15 @@ pub struct TokenManager {
     timeout: Duration,
     store: std::sync::Arc<dyn TokenStore>,
     /// Held across the refresh call: this is what makes a refresh single-flight.
-    current: tokio::sync::Mutex<Option<(String, OffsetDateTime)>>,
+    state: tokio::sync::Mutex<Cache>,
+}
+
+/// The access token in use, and whether the store was consulted yet (only
+/// once: after a rejection the stored copy is as stale as the cached one).
+#[derive(Default)]
+struct Cache {
+    current: Option<(String, OffsetDateTime)>,
+    store_checked: bool,
 }
 
 impl fmt::Debug for TokenManager {
@@ -123,7 +131,7 @@ impl TokenManager {
             refresh_margin,
             timeout,
             store,
-            current: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::new(Cache::default()),
         }
     }
 
@@ -134,37 +142,40 @@ impl TokenManager {
     /// A usable access token: the cached one, the stored one, or a new one
     /// if both are missing or within the refresh margin of expiry.
     pub async fn access_token(&self) -> Result<String, ZohoError> {
-        let mut current = self.current.lock().await;
-        if let Some((token, expires)) = current.as_ref()
+        let mut cache = self.state.lock().await;
+        if let Some((token, expires)) = cache.current.as_ref()
             && self.fresh(*expires)
         {
             return Ok(token.clone());
         }
-        if current.is_none()
-            && let Some(StoredTokens {
+        if !cache.store_checked {
+            cache.store_checked = true;
+            if let Some(StoredTokens {
                 access_token: Some(token),
                 expires_at: Some(expires),
                 ..
             }) = self.store.load().await?
-            && self.fresh(expires)
-        {
-            *current = Some((token.clone(), expires));
-            return Ok(token);
+                && self.fresh(expires)
+            {
+                cache.current = Some((token.clone(), expires));
+                return Ok(token);
+            }
         }
-        self.refresh(&mut current).await
+        self.refresh(&mut cache.current).await
     }
 
-    /// Zoho refused `stale`: refresh, unless another task already replaced
-    /// it while this one waited for the lock.
-    pub async fn refresh_after_rejection(&self, stale: &str) -> Result<String, ZohoError> {
-        let mut current = self.current.lock().await;
-        if let Some((token, expires)) = current.as_ref()
-            && token != stale
-            && self.fresh(*expires)
+    /// Zoho refused `stale`: forget it, so the next [`Self::access_token`]
+    /// refreshes. If another task already replaced it, nothing happens and
+    /// that task's token is used: one refresh per rejection wave.
+    pub async fn invalidate(&self, stale: &str) {
+        let mut cache = self.state.lock().await;
+        if cache
+            .current
+            .as_ref()
+            .is_some_and(|(token, _)| token == stale)
         {
-            return Ok(token.clone());
+            cache.current = None;
         }
-        self.refresh(&mut current).await
     }
 
     async fn refresh(

@@ -342,3 +342,50 @@ async fn large_writes_count_against_the_sub_concurrency() {
         "plenty of credits left"
     );
 }
+
+#[tokio::test]
+async fn a_throttled_token_endpoint_is_waited_out() {
+    let mut config = fast_sim_config();
+    config.token_throttle = Some(1);
+    let sim = std::sync::Arc::new(start_sim(config).await);
+    let client = client_with(&sim, client_config(&sim));
+    client
+        .get_record("Leads", LEAD, None)
+        .await
+        .expect("first call");
+    sim.expire_access_tokens();
+    // The refresh is throttled until ten minutes have passed.
+    let clock = sim.clone();
+    let later = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        clock.advance_clock(Duration::from_secs(601));
+    });
+    client
+        .get_record("Leads", LEAD, None)
+        .await
+        .expect("succeeds once the throttle lifts");
+    later.await.expect("the clock task");
+    assert!(
+        sim.token_requests() >= 3,
+        "at least one refresh was refused first"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_refresh_token_is_an_auth_failure_and_not_retried() {
+    let sim = start_sim(fast_sim_config()).await;
+    let config = client_config(&sim);
+    let client = synchub::zoho::ZohoClient::new(
+        config,
+        std::sync::Arc::new(synchub::zoho::MemoryTokenStore::new("1000.revoked")),
+    )
+    .expect("client");
+    let err = client.get_record("Leads", LEAD, None).await.unwrap_err();
+    assert!(
+        matches!(&err, ZohoError::AuthFailed { error } if error == "invalid_code"),
+        "{err}"
+    );
+    assert_eq!(err.class(), ErrorClass::AuthExpired);
+    assert_eq!(sim.token_requests(), 1);
+    assert_eq!(sim.count("GET", "/crm/v8/Leads/"), 0);
+}
