@@ -655,3 +655,197 @@ async fn the_zoho_sim_command_parses_its_flags_and_stops_on_cancel() {
     );
     assert!(Cli::try_parse_from(["zoho-sim", "--time-zone", "India"]).is_err());
 }
+
+#[tokio::test]
+async fn junk_in_every_endpoint_never_panics_and_always_gets_a_zoho_answer() {
+    let sim = start_sim(fast_sim_config()).await;
+    let api = Api::new(&sim).await;
+    use reqwest::Method as M;
+    let paths = [
+        "/crm/v8/Leads",
+        "/crm/v8/Leads/4876876000000600001",
+        "/crm/v8/Leads/upsert",
+        "/crm/v8/Leads/search?criteria=(Email:in:a,b)",
+        "/crm/v8/Leads/deleted",
+        "/crm/v8/Leads/actions/mass_update",
+        "/crm/v8/Leads/4876876000000600001/Locking_Information__s",
+        "/crm/v8/settings/fields?module=Leads",
+        "/crm/v8/settings/fields/1?module=Leads",
+        "/crm/v8/settings/modules/Leads",
+        "/crm/v8/coql",
+        "/crm/v8/actions/watch",
+        "/crm/v8/upload",
+        "/crm/bulk/v8/read",
+        "/crm/bulk/v8/write",
+        "/crm/bulk/v8/write/1/result",
+    ];
+    let bodies = [
+        "",
+        "null",
+        "[]",
+        "\"x\"",
+        "{\"data\": \"x\"}",
+        "{\"data\": [1, null, \"x\", []]}",
+        "{\"data\": [{\"id\": {}, \"Last_Name\": 5, \"Owner\": {\"id\": 1}, \"Email\": [\"x\"]}]}",
+        "{\"data\": [{\"id\": \"99999999999999999999999\", \"No_of_Employees\": 1e300}]}",
+        "{\"data\": [{\"Last_Name\": \"\\u0000\", \"Account_Name\": {\"id\": \"nope\"}}], \"duplicate_check_fields\": [1]}",
+        "{\"watch\": [{\"channel_id\": [], \"events\": [\"Leads.eat\"], \"notify_url\": \"ftp://x\", \"token\": 5}]}",
+        "{\"fields\": [{\"field_label\": \"\", \"data_type\": \"x\"}]}",
+        "{\"select_query\": \"select Last_Name from Leads where Last_Name in ()\"}",
+        "{\"operation\": \"upsert\", \"resource\": [{\"module\": {\"api_name\": \"Leads\"}, \"file_id\": \"x\"}]}",
+        "{\"query\": {\"module\": {\"api_name\": \"Nope\"}}}",
+    ];
+    for path in paths {
+        for method in [M::GET, M::POST, M::PUT, M::PATCH, M::DELETE] {
+            for body in bodies {
+                let response = api
+                    .req(method.clone(), path)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("the emulator answers");
+                let status = response.status().as_u16();
+                let text = response.text().await.expect("a body");
+                assert!(status < 500, "{method} {path} {body}: HTTP {status} {text}");
+                if status >= 400 {
+                    let parsed: Value = serde_json::from_str(&text)
+                        .unwrap_or_else(|_| panic!("{method} {path} {body}: not JSON: {text}"));
+                    let has_shape = parsed.get("code").is_some()
+                        || parsed.get("data").is_some()
+                        || parsed.get("watch").is_some()
+                        || parsed.get("fields").is_some();
+                    assert!(has_shape, "{method} {path} {body}: {text}");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn users_org_client_credentials_revoke_and_the_v2_alias() {
+    let sim = start_sim(fast_sim_config()).await;
+    let api = Api::new(&sim).await;
+    use reqwest::Method as M;
+    let (s, b) = api
+        .call(api.req(M::GET, "/crm/v8/users?type=CurrentUser"))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["users"].as_array().map(Vec::len), Some(1));
+    assert_eq!(b["users"][0]["email"], "p.boyle@zylker.example");
+    let (_, b) = api.call(api.req(M::GET, "/crm/v8/org")).await;
+    assert_eq!(b["org"][0]["zgid"], "748291034");
+    assert_eq!(b["org"][0]["license_details"]["paid_type"], "enterprise");
+    let (s, b) = api
+        .call(api.req(M::GET, "/crm/v2/Leads?fields=Last_Name"))
+        .await;
+    assert_eq!((s.as_u16(), b["info"]["count"].clone()), (200, json!(2)));
+    let (s, _) = api
+        .call(
+            api.req(M::GET, "/crm/v8/settings/modules")
+                .header("If-Modified-Since", "2100-01-01T00:00:00+00:00"),
+        )
+        .await;
+    assert_eq!(s, 304);
+    let (s, _) = api
+        .call(
+            api.req(M::GET, "/crm/v8/Leads/deleted")
+                .header("If-Modified-Since", "2000-01-01T00:00:00Z"),
+        )
+        .await;
+    assert_eq!(s, 304, "nothing deleted yet");
+
+    let (id, secret, refresh) = sim.credentials().expect("credentials");
+    let http = reqwest::Client::new();
+    let cc: Value = http
+        .post(with_query(
+            &format!("{}/oauth/v2/auth", sim.base_url),
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", id.as_str()),
+                ("client_secret", secret.as_str()),
+                ("scope", "ZohoCRM.modules.ALL,ZohoCRM.settings.ALL"),
+            ],
+        ))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(cc["scope"], "ZohoCRM.modules.ALL ZohoCRM.settings.ALL");
+    assert!(cc.get("refresh_token").is_none());
+    let revoke = http
+        .post(with_query(
+            &format!("{}/revoke", sim.token_url()),
+            &[("token", refresh.as_str())],
+        ))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(revoke.status(), 200);
+    let (s, b) = api.call(api.req(M::GET, "/crm/v8/org")).await;
+    assert_zoho_error(s, &b, 401, "INVALID_TOKEN");
+}
+
+#[tokio::test]
+async fn watch_channels_are_listed_patched_and_expire() {
+    let sim = start_sim(fast_sim_config()).await;
+    let api = Api::new(&sim).await;
+    use reqwest::Method as M;
+    let body = json!({"watch": [{"channel_id": "77", "events": ["Leads.create", "Deals.edit"], "notify_url": "http://127.0.0.1:9/hook?x=1", "token": "t"}]});
+    let (s, b) = api
+        .call(
+            api.req(M::POST, "/crm/v8/actions/watch")
+                .body(body.to_string()),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(
+        b["watch"][0]["details"]["events"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let (_, b) = api
+        .call(api.req(M::GET, "/crm/v8/actions/watch?channel_id=77"))
+        .await;
+    assert_eq!(
+        b["watch"].as_array().map(Vec::len),
+        Some(2),
+        "one entry per module"
+    );
+    let patch =
+        json!({"watch": [{"channel_id": "77", "events": ["Deals.edit"], "_delete_events": true}]});
+    let (s, b) = api
+        .call(
+            api.req(M::PATCH, "/crm/v8/actions/watch")
+                .body(patch.to_string()),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), b["watch"][0]["message"].clone()),
+        (200, json!("Successfully removed the subscribe details"))
+    );
+    let (_, b) = api.call(api.req(M::GET, "/crm/v8/actions/watch")).await;
+    assert_eq!(b["watch"][0]["events"], json!(["Leads.create"]));
+    let too_long = json!({"watch": [{"channel_id": "78", "events": ["Leads.all"], "notify_url": "http://x.io", "token": "x".repeat(51)}]});
+    let (s, b) = api
+        .call(
+            api.req(M::POST, "/crm/v8/actions/watch")
+                .body(too_long.to_string()),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), b["watch"][0]["code"].clone()),
+        (400, json!("INVALID_DATA"))
+    );
+    sim.advance_clock(std::time::Duration::from_secs(3601));
+    let token = token(&sim).await;
+    let (s, _) = api
+        .call(
+            api.http
+                .get(format!("{}/crm/v8/actions/watch", sim.base_url))
+                .header("Authorization", format!("Zoho-oauthtoken {token}")),
+        )
+        .await;
+    assert_eq!(s, 204, "the channel expired after its default hour");
+}
