@@ -236,7 +236,8 @@ impl SimArgs {
 /// Runs the emulator until `shutdown` is cancelled.
 pub async fn run(args: SimArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let config = args.into_config()?;
-    let handle = Sim::start_with_shutdown(config, shutdown.clone()).await?;
+    // A child token: dropping the handle must never cancel the caller's token.
+    let handle = Sim::start_with_shutdown(config, shutdown.child_token()).await?;
     tracing::info!(base_url = %handle.base_url, "Zoho CRM emulator listening");
     shutdown.cancelled().await;
     handle.stop().await;

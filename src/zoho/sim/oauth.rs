@@ -23,6 +23,14 @@ const MAX_ACCESS_TOKENS: usize = 15;
 
 pub async fn token(State(state): State<Arc<SimState>>, req: Request) -> Response {
     state.token_requests.fetch_add(1, Ordering::SeqCst);
+    // `api_domain` is the address the client reached us on, so an emulator
+    // listening on 0.0.0.0 (in a container) still names a usable domain.
+    let api_domain = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|host| format!("http://{host}"))
+        .unwrap_or_else(|| state.base_url.clone());
     let params = match gather_params(req).await {
         Ok(params) => params,
         Err(()) => return oauth_error("invalid_request"),
@@ -71,7 +79,7 @@ pub async fn token(State(state): State<Arc<SimState>>, req: Request) -> Response
             let access = mint_access(&mut world, &refresh, &user, now, lifetime);
             json_reply(
                 StatusCode::OK,
-                &json!({"access_token": access, "api_domain": state.base_url, "token_type": "Bearer", "expires_in": expires_in}),
+                &json!({"access_token": access, "api_domain": api_domain, "token_type": "Bearer", "expires_in": expires_in}),
             )
         }
         "authorization_code" => {
@@ -94,7 +102,7 @@ pub async fn token(State(state): State<Arc<SimState>>, req: Request) -> Response
             let access = mint_access(&mut world, &refresh, &user, now, lifetime);
             json_reply(
                 StatusCode::OK,
-                &json!({"access_token": access, "refresh_token": refresh, "api_domain": state.base_url, "token_type": "Bearer", "expires_in": expires_in}),
+                &json!({"access_token": access, "refresh_token": refresh, "api_domain": api_domain, "token_type": "Bearer", "expires_in": expires_in}),
             )
         }
         "client_credentials" => {
@@ -112,7 +120,7 @@ pub async fn token(State(state): State<Arc<SimState>>, req: Request) -> Response
             };
             json_reply(
                 StatusCode::OK,
-                &json!({"access_token": access, "scope": scope, "api_domain": state.base_url, "token_type": "Bearer", "expires_in": expires_in}),
+                &json!({"access_token": access, "scope": scope, "api_domain": api_domain, "token_type": "Bearer", "expires_in": expires_in}),
             )
         }
         _ => oauth_error("unsupported_grant_type"),
