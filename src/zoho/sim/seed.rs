@@ -118,6 +118,15 @@ mod tests {
     }
 
     #[test]
+    fn fresh_ids_never_collide_with_seeded_ones() {
+        let mut seed = Seed::parse(DEFAULT_SEED).unwrap();
+        seed.modules[0].records[0].insert("id".into(), "9000000000000000001".into());
+        let mut world =
+            super::super::state::World::from_seed(&seed, time::OffsetDateTime::UNIX_EPOCH);
+        assert!(world.next_id() > 9_000_000_000_000_000_001);
+    }
+
+    #[test]
     fn a_seed_without_users_is_refused() {
         let err =
             Seed::parse(r#"{"org":{},"users":[],"oauth_clients":[],"modules":[]}"#).unwrap_err();

@@ -191,6 +191,14 @@ impl World {
                 }
             }
         }
+        // Fresh ids must never land on a seeded one.
+        let highest = world
+            .modules
+            .iter()
+            .filter_map(|m| m.records.keys().next_back().copied())
+            .max()
+            .unwrap_or(0);
+        world.next_id = world.next_id.max(highest);
         world
     }
 
