@@ -62,6 +62,9 @@ pub struct ClientConfig {
     pub daily_credits: Option<NonZeroU32>,
     /// Requests in flight at once; keep it below the edition's concurrency.
     pub max_concurrency: usize,
+    /// "Complex" requests in flight at once (COQL, mass update, bulk,
+    /// sorted lists, writes of more than 10 records); Zoho allows 10.
+    pub max_complex_concurrency: usize,
     /// Refresh the access token when less than this remains.
     pub refresh_margin: Duration,
 }
@@ -103,6 +106,7 @@ impl ClientConfig {
             requests_per_second: NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN),
             daily_credits: None,
             max_concurrency: 10,
+            max_complex_concurrency: 5,
             refresh_margin: Duration::from_secs(300),
         }
     }
@@ -132,10 +136,14 @@ struct Call {
     idempotent: bool,
     /// A 4xx with a `data[]` of per-record entries is a result, not an error.
     per_record: bool,
+    /// Counts against Zoho's sub-concurrency for complex APIs.
+    complex: bool,
 }
 
 impl Call {
     fn new(method: Method, url: String, idempotent: bool) -> Self {
+        let complex =
+            url.contains("/coql") || url.contains("/mass_update") || url.contains("/crm/bulk/");
         Self {
             method,
             url,
@@ -144,6 +152,7 @@ impl Call {
             headers: vec![],
             idempotent,
             per_record: false,
+            complex,
         }
     }
 
@@ -454,6 +463,7 @@ struct Inner {
     rate: DefaultDirectRateLimiter,
     credits: Option<DefaultDirectRateLimiter>,
     slots: Semaphore,
+    complex_slots: Semaphore,
     /// Last `X-API-CREDITS-REMAINING` seen; `u64::MAX` until Zoho sends one.
     credits_seen: AtomicU64,
 }
@@ -493,6 +503,7 @@ impl ZohoClient {
             Quota::with_period(period).map(|q| RateLimiter::direct(q.allow_burst(credits)))
         });
         let slots = Semaphore::new(config.max_concurrency.max(1));
+        let complex_slots = Semaphore::new(config.max_complex_concurrency.max(1));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -501,6 +512,7 @@ impl ZohoClient {
                 rate,
                 credits,
                 slots,
+                complex_slots,
                 credits_seen: AtomicU64::new(u64::MAX),
             }),
         })
@@ -543,14 +555,16 @@ impl ZohoClient {
         if let Some(credits) = &inner.credits {
             credits.until_ready().await;
         }
-        let _slot = inner
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| ZohoError::Permanent {
-                code: "CLIENT_CLOSED".into(),
-                message: "the client is shutting down".into(),
-            })?;
+        let closed = |_| ZohoError::Permanent {
+            code: "CLIENT_CLOSED".into(),
+            message: "the client is shutting down".into(),
+        };
+        // The complex slot first, so a waiting complex call holds no plain slot.
+        let _complex = match call.complex {
+            true => Some(inner.complex_slots.acquire().await.map_err(closed)?),
+            false => None,
+        };
+        let _slot = inner.slots.acquire().await.map_err(closed)?;
         let timeout = inner.config.request_timeout;
         let mut request = inner
             .http
@@ -768,6 +782,7 @@ impl ZohoClient {
             )
             .param("sort_by", request.sort_by.as_str())
             .param("sort_order", if request.ascending { "asc" } else { "desc" });
+        call.complex = true;
         call = match cursor {
             PageCursor::Page(n) => call.param("page", n.to_string()),
             PageCursor::Token(t) => call.param("page_token", t.clone()),
@@ -967,6 +982,7 @@ impl ZohoClient {
         for (chunk_no, chunk) in records.chunks(MAX_WRITE_BATCH).enumerate() {
             let mut call = build(chunk);
             call.per_record = true;
+            call.complex = chunk.len() > 10;
             let reply = self.send(call).await?;
             let entries = reply
                 .body

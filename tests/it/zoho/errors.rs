@@ -315,7 +315,9 @@ async fn large_writes_count_against_the_sub_concurrency() {
     config.sub_concurrency = 1;
     config.faults.latency = Duration::from_millis(80);
     let sim = start_sim(config).await;
-    let client = client_with(&sim, client_config(&sim));
+    let mut client_cfg = client_config(&sim);
+    client_cfg.max_complex_concurrency = 2;
+    let client = client_with(&sim, client_cfg);
     let batch = |tag: &str| -> Vec<_> {
         (0..11)
             .map(|i| rec(json!({"Last_Name": format!("{tag} {i}")})))
@@ -388,4 +390,32 @@ async fn a_revoked_refresh_token_is_an_auth_failure_and_not_retried() {
     assert_eq!(err.class(), ErrorClass::AuthExpired);
     assert_eq!(sim.token_requests(), 1);
     assert_eq!(sim.count("GET", "/crm/v8/Leads/"), 0);
+}
+
+#[tokio::test]
+async fn the_client_keeps_large_writes_within_the_sub_concurrency() {
+    let mut config = fast_sim_config();
+    config.sub_concurrency = 1;
+    config.faults.latency = Duration::from_millis(60);
+    let sim = start_sim(config).await;
+    let mut client_cfg = client_config(&sim);
+    client_cfg.max_complex_concurrency = 1;
+    let client = client_with(&sim, client_cfg);
+    let batch = |tag: &str| -> Vec<_> {
+        (0..11)
+            .map(|i| rec(json!({"Last_Name": format!("{tag} {i}")})))
+            .collect()
+    };
+    let (first, second) = (batch("a"), batch("b"));
+    let (a, b) = tokio::join!(
+        client.insert("Leads", &first),
+        client.insert("Leads", &second)
+    );
+    assert!(a.expect("a").iter().all(|r| r.outcome.is_ok()));
+    assert!(b.expect("b").iter().all(|r| r.outcome.is_ok()));
+    assert!(
+        sim.requests().iter().all(|r| r.status != 429),
+        "no 429 was needed: {:?}",
+        sim.requests()
+    );
 }
