@@ -849,3 +849,57 @@ async fn watch_channels_are_listed_patched_and_expire() {
         .await;
     assert_eq!(s, 204, "the channel expired after its default hour");
 }
+
+#[tokio::test]
+async fn a_sixteenth_access_token_evicts_the_first_and_grant_codes_work_once() {
+    let sim = start_sim(fast_sim_config()).await;
+    let first = token(&sim).await;
+    for _ in 0..15 {
+        token(&sim).await;
+    }
+    let http = reqwest::Client::new();
+    let org = |t: String| {
+        http.get(format!("{}/crm/v8/org", sim.base_url))
+            .header("Authorization", format!("Zoho-oauthtoken {t}"))
+            .send()
+    };
+    assert_eq!(
+        org(first).await.expect("sent").status(),
+        401,
+        "Zoho keeps 15 access tokens per refresh token"
+    );
+    let (id, secret, _) = sim.credentials().expect("credentials");
+    let exchange = || {
+        http.post(with_query(
+            &sim.token_url(),
+            &[
+                ("grant_type", "authorization_code"),
+                ("client_id", id.as_str()),
+                ("client_secret", secret.as_str()),
+                ("code", "1000.synchub.dev.code"),
+            ],
+        ))
+        .send()
+    };
+    let once: Value = exchange().await.expect("sent").json().await.expect("json");
+    assert!(once["refresh_token"].is_string(), "{once}");
+    let twice: Value = exchange().await.expect("sent").json().await.expect("json");
+    assert_eq!(twice, json!({"error": "invalid_code"}));
+    let wrong_client: Value = http
+        .post(with_query(
+            &sim.token_url(),
+            &[
+                ("grant_type", "refresh_token"),
+                ("client_id", id.as_str()),
+                ("client_secret", "nope"),
+                ("refresh_token", "x"),
+            ],
+        ))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(wrong_client, json!({"error": "invalid_client"}));
+}
