@@ -138,6 +138,8 @@ struct Call {
     per_record: bool,
     /// Counts against Zoho's sub-concurrency for complex APIs.
     complex: bool,
+    /// The reply is a file, not JSON.
+    raw: bool,
 }
 
 impl Call {
@@ -153,6 +155,7 @@ impl Call {
             idempotent,
             per_record: false,
             complex,
+            raw: false,
         }
     }
 
@@ -596,11 +599,19 @@ impl ZohoClient {
             .bytes()
             .await
             .map_err(|e| transport_error(&e, timeout))?;
-        let body: Value = if bytes.is_empty() {
-            Value::Null
+        let parsed = if bytes.is_empty() || call.raw {
+            Ok(Value::Null)
         } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            serde_json::from_slice(&bytes)
         };
+        // A success that is not JSON (a proxy's HTML page) must never be
+        // read as "no records".
+        if (200..300).contains(&status) && parsed.is_err() {
+            return Err(malformed(&format!(
+                "HTTP {status} with a body that is not JSON"
+            )));
+        }
+        let body = parsed.unwrap_or(Value::Null);
         let per_record = call.per_record && body.get("data").is_some_and(Value::is_array);
         if (200..400).contains(&status) || (per_record && (400..500).contains(&status)) {
             return Ok(Reply {
@@ -1275,7 +1286,9 @@ impl ZohoClient {
     /// Downloads a finished job's result (a zip) from its relative URL.
     pub async fn download(&self, relative_url: &str) -> Result<bytes::Bytes, ZohoError> {
         let url = format!("{}{relative_url}", self.inner.config.api_base);
-        Ok(self.send(Call::new(Method::GET, url, true)).await?.bytes)
+        let mut call = Call::new(Method::GET, url, true);
+        call.raw = true;
+        Ok(self.send(call).await?.bytes)
     }
 
     // ---- notifications ------------------------------------------------------

@@ -40,6 +40,8 @@ pub enum Fault {
     LoseReply,
     /// Handle the request after this extra delay.
     Delay(Duration),
+    /// Answer with this status and raw body, as a misbehaving proxy might.
+    Raw { status: u16, body: String },
 }
 
 /// A fault for the next `times` requests matching the filters.

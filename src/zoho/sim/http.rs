@@ -117,10 +117,17 @@ async fn log_requests(State(state): State<Arc<SimState>>, req: Request, next: Ne
     response
 }
 
+/// Marks a scripted raw answer, which must reach the client unchanged.
+#[derive(Debug, Clone, Copy)]
+struct RawFault;
+
 /// Axum's own rejections (a path that is not UTF-8, a body over the limit)
 /// are plain text; Zoho always answers errors in its JSON shape.
 fn zoho_shaped(response: Response) -> Response {
     let status = response.status();
+    if response.extensions().get::<RawFault>().is_some() {
+        return response;
+    }
     let is_json = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -155,6 +162,16 @@ async fn gate(State(state): State<Arc<SimState>>, req: Request, next: Next) -> R
     match fault {
         Some(Fault::Status(code)) => status_fault(code),
         Some(Fault::InvalidToken) => SimError::invalid_token().into_response(),
+        Some(Fault::Raw { status, body }) => {
+            let mut response = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                [(axum::http::header::CONTENT_TYPE, "text/html")],
+                body,
+            )
+                .into_response();
+            response.extensions_mut().insert(RawFault);
+            response
+        }
         Some(Fault::Stall) => {
             pause(&state, stall_time(&state)).await;
             SimError::internal().into_response()

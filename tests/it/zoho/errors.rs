@@ -419,3 +419,51 @@ async fn the_client_keeps_large_writes_within_the_sub_concurrency() {
         sim.requests()
     );
 }
+
+#[tokio::test]
+async fn a_success_that_is_not_json_is_an_error_never_an_empty_result() {
+    let (sim, client) = setup().await;
+    sim.inject(
+        FaultRule::new(
+            Fault::Raw {
+                status: 200,
+                body: "<html>proxy login</html>".into(),
+            },
+            1,
+        )
+        .on_path("/crm/v8/Leads"),
+    );
+    let err = client.fetch_all("Leads", &["Last_Name"]).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Permanent, "{err}");
+    assert_eq!(
+        client
+            .fetch_all("Leads", &["Last_Name"])
+            .await
+            .expect("then fine")
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_error_page_is_a_server_error() {
+    let (sim, client) = setup().await;
+    sim.inject(
+        FaultRule::new(
+            Fault::Raw {
+                status: 502,
+                body: "<html>bad gateway</html>".into(),
+            },
+            1,
+        )
+        .on_path("/crm/v8/Leads"),
+    );
+    assert_eq!(
+        client
+            .fetch_all("Leads", &["Last_Name"])
+            .await
+            .expect("retried")
+            .len(),
+        2
+    );
+}
