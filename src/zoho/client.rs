@@ -820,12 +820,17 @@ impl ZohoClient {
         } else if let Some(token) = info.get("next_page_token").and_then(Value::as_str) {
             Some(PageCursor::Token(token.to_owned()))
         } else {
-            // Without a token only the first 2,000 records can be reached.
+            // Without a token only the first 2,000 records can be reached;
+            // stopping there silently would pass for a complete fetch.
             match cursor {
                 PageCursor::Page(n) if (n + 1) * request.per_page <= 2_000 => {
                     Some(PageCursor::Page(n + 1))
                 }
-                _ => None,
+                _ => {
+                    return Err(malformed(
+                        "more records exist but Zoho sent no next_page_token",
+                    ));
+                }
             }
         };
         Ok(Page {
@@ -995,12 +1000,7 @@ impl ZohoClient {
             call.per_record = true;
             call.complex = chunk.len() > 10;
             let reply = self.send(call).await?;
-            let entries = reply
-                .body
-                .get("data")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let entries = entries_of(&reply.body, chunk.len())?;
             for (i, entry) in entries.iter().enumerate() {
                 results.push(RecordResult {
                     index: chunk_no * MAX_WRITE_BATCH + i,
@@ -1086,12 +1086,7 @@ impl ZohoClient {
                 .param("wf_trigger", "false");
             call.per_record = true;
             let reply = self.send(call).await?;
-            let entries = reply
-                .body
-                .get("data")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
+            let entries = entries_of(&reply.body, chunk.len())?;
             for (i, entry) in entries.iter().enumerate() {
                 results.push(RecordResult {
                     index: chunk_no * MAX_WRITE_BATCH + i,
@@ -1119,12 +1114,7 @@ impl ZohoClient {
         .json(json!({"data": [changes], "over_write": true, "ids": ids}));
         call.per_record = true;
         let reply = self.send(call).await?;
-        let entries = reply
-            .body
-            .get("data")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let entries = entries_of(&reply.body, ids.len())?;
         Ok(entries
             .iter()
             .enumerate()
@@ -1355,6 +1345,23 @@ fn decode_list<T: serde::de::DeserializeOwned>(
             serde_json::from_value(list.clone()).map_err(|e| malformed(&format!("{key}: {e}")))
         }
     }
+}
+
+/// Per-record entries of a write reply: exactly one per record sent, or
+/// the reply is malformed (a missing entry would be a silently lost write).
+fn entries_of(body: &Value, expected: usize) -> Result<Vec<Value>, ZohoError> {
+    let entries = body
+        .get("data")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if entries.len() != expected {
+        return Err(malformed(&format!(
+            "{} results for {expected} records",
+            entries.len()
+        )));
+    }
+    Ok(entries)
 }
 
 fn records_of(body: &Value) -> Result<Vec<Record>, ZohoError> {
