@@ -1077,7 +1077,9 @@ impl ZohoClient {
         .await
     }
 
-    /// Deletes records by id, in batches of 100.
+    /// Deletes records by id, in batches of 100. A per-record `NotFound`
+    /// means the record is already gone (for instance a retried delete whose
+    /// first reply was lost): callers treat it as done.
     pub async fn delete(&self, module: &str, ids: &[&str]) -> Result<Vec<RecordResult>, ZohoError> {
         let mut results = vec![];
         for (chunk_no, chunk) in ids.chunks(MAX_WRITE_BATCH).enumerate() {
@@ -1495,6 +1497,15 @@ mod tests {
         let success = parse_entry(&ok, &WriteAction::Inserted, 200).unwrap();
         assert_eq!(success.action, WriteAction::Updated);
         assert_eq!(success.duplicate_field.as_deref(), Some("Email"));
+    }
+
+    #[test]
+    fn a_reply_with_fewer_results_than_records_is_malformed() {
+        let body =
+            json!({"data": [{"code": "SUCCESS", "status": "success", "details": {"id": "1"}}]});
+        assert!(entries_of(&body, 1).is_ok());
+        let err = entries_of(&body, 2).unwrap_err();
+        assert_eq!(err.class(), crate::zoho::ErrorClass::Permanent);
     }
 
     #[test]
