@@ -141,12 +141,16 @@ pub async fn deliver(state: Arc<SimState>, mut queue: mpsc::Receiver<Delivery>) 
             },
             _ = state.shutdown.cancelled() => return,
         };
-        let sent = client
+        let send = client
             .post(&delivery.url)
             .header("content-type", "application/json")
             .body(delivery.body.to_string())
-            .send()
-            .await;
+            .send();
+        // A slow receiver must not hold up the emulator's shutdown.
+        let sent = tokio::select! {
+            sent = send => sent,
+            _ = state.shutdown.cancelled() => return,
+        };
         match sent {
             Ok(response) if response.status().is_success() => {
                 state.callbacks_sent.fetch_add(1, Ordering::SeqCst);
