@@ -15,6 +15,7 @@
 //! - `rpc`: the RPC method table behind the protocol's `rpc` command.
 //! - `api`: HTTP routes: the Centrifugo-compatible server API, health, readiness, metrics.
 //! - `metrics`: metric names and the Prometheus exporter.
+//! - `zoho`: the Zoho CRM v8 client and `zoho::sim`, the Zoho emulator.
 pub mod api;
 pub mod auth;
 pub mod broker;
@@ -27,3 +28,4 @@ pub mod protocol;
 pub mod rpc;
 pub mod shutdown;
 pub mod startup;
+pub mod zoho;

@@ -47,6 +47,8 @@ enum Command {
     },
     /// Validate the configuration and print the effective values (secrets masked).
     CheckConfig,
+    /// Run the Zoho CRM v8 emulator (for tests, demos and local development).
+    ZohoSim(synchub::zoho::sim::SimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +56,24 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => runtime.block_on(serve(cli.config)),
+        Command::ZohoSim(args) => runtime.block_on(async {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("SYNCHUB_LOG")
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let sim = synchub::zoho::sim::run(args, cancel.clone());
+            tokio::pin!(sim);
+            tokio::select! {
+                r = &mut sim => r,
+                () = synchub::shutdown::signal() => {
+                    cancel.cancel();
+                    sim.await
+                }
+            }
+        }),
         Command::CheckConfig => {
             let config = Config::load(cli.config.as_deref())?;
             println!("{}", config.to_toml());

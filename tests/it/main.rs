@@ -8,3 +8,4 @@ mod cluster;
 mod gateway;
 mod interop;
 mod server_api;
+mod zoho;
