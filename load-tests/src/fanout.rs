@@ -52,7 +52,8 @@ impl Format {
 
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
-    /// WebSocket endpoint of the hub.
+    /// WebSocket endpoint of the hub; several, comma separated, spread the
+    /// connections round-robin over nodes (connection k uses URL k mod n).
     #[arg(long, default_value = "ws://127.0.0.1:8000/connection/websocket")]
     pub ws_url: String,
     /// Base URL of the server HTTP API (`/api/publish` is appended).
@@ -108,6 +109,8 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
             .collect(),
     );
     let encoding = args.format.encoding();
+    let ws_urls: Vec<&str> = args.ws_url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    anyhow::ensure!(!ws_urls.is_empty(), "--ws-url names no endpoint");
     let space = SeqSpace {
         channels: args.channels,
         total: args.rate * (args.warmup + args.duration),
@@ -167,7 +170,7 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
             break;
         }
         let params = ConnParams {
-            ws_url: args.ws_url.clone(),
+            ws_url: ws_urls[(k as usize) % ws_urls.len()].to_owned(),
             encoding,
             token: minter.mint(&format!("load-{k}"))?,
             channel_name: channels[(k % args.channels) as usize].clone(),
