@@ -109,7 +109,12 @@ pub async fn run(args: FanoutArgs) -> Result<RunResult> {
             .collect(),
     );
     let encoding = args.format.encoding();
-    let ws_urls: Vec<&str> = args.ws_url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    let ws_urls: Vec<&str> = args
+        .ws_url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
     anyhow::ensure!(!ws_urls.is_empty(), "--ws-url names no endpoint");
     let space = SeqSpace {
         channels: args.channels,

@@ -632,3 +632,141 @@ impl BrokerEventHandler for Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::session::Outbound;
+
+    fn subscriber() -> (
+        Arc<Subscriber>,
+        Arc<Outbound>,
+        tokio::sync::mpsc::Receiver<SessionEvent>,
+    ) {
+        let outbound = Arc::new(Outbound::new(1 << 20));
+        let (handle, events) = SessionHandle::new(
+            "c1".into(),
+            "t".into(),
+            "u".into(),
+            Encoding::Json,
+            outbound.clone(),
+        );
+        (
+            Subscriber::new(handle, "ch".into(), false, true),
+            outbound,
+            events,
+        )
+    }
+
+    fn publication(offset: u64) -> Publication {
+        Publication {
+            data: Bytes::from(format!("{offset}")),
+            offset,
+            ..Default::default()
+        }
+    }
+
+    fn deliver(s: &Subscriber, offset: u64, epoch: &str) {
+        let p = publication(offset);
+        s.deliver(&p, epoch, &mut PushCache::publication("ch", p.clone()));
+    }
+
+    fn offsets_queued(outbound: &Outbound) -> Vec<u64> {
+        let drained = futures::executor::block_on(outbound.next());
+        drained
+            .messages
+            .iter()
+            .filter_map(|m| Encoding::Json.decode_replies(m).ok())
+            .flatten()
+            .filter_map(|r| r.push.and_then(|p| p.r#pub).map(|p| p.offset))
+            .collect()
+    }
+
+    #[test]
+    fn reply_comes_first_then_newer_buffered_publications_in_order() {
+        let (s, outbound, _events) = subscriber();
+        deliver(&s, 5, "E");
+        deliver(&s, 6, "E");
+        deliver(&s, 7, "E");
+        let position = StreamPosition {
+            offset: 5,
+            epoch: "E".into(),
+        };
+        s.go_live(
+            Bytes::from_static(b"{\"id\":1,\"subscribe\":{}}"),
+            &position,
+        );
+        let drained = futures::executor::block_on(outbound.next());
+        assert_eq!(drained.messages[0].as_ref(), b"{\"id\":1,\"subscribe\":{}}");
+        let later: Vec<u64> = drained.messages[1..]
+            .iter()
+            .flat_map(|m| Encoding::Json.decode_replies(m).unwrap())
+            .map(|r| r.push.unwrap().r#pub.unwrap().offset)
+            .collect();
+        assert_eq!(later, vec![6, 7], "5 was covered by the reply");
+        assert_eq!(s.offset(), 7);
+    }
+
+    #[test]
+    fn duplicate_publication_is_skipped() {
+        let (s, outbound, mut events) = subscriber();
+        s.go_live(
+            Bytes::from_static(b"{}"),
+            &StreamPosition {
+                offset: 3,
+                epoch: "E".into(),
+            },
+        );
+        let _reply = futures::executor::block_on(outbound.next());
+        deliver(&s, 4, "E");
+        deliver(&s, 4, "E");
+        deliver(&s, 2, "E");
+        assert_eq!(offsets_queued(&outbound), vec![4]);
+        assert!(events.try_recv().is_err());
+    }
+
+    #[test]
+    fn gap_ends_the_subscription_with_2500() {
+        let (s, outbound, mut events) = subscriber();
+        s.go_live(
+            Bytes::from_static(b"{}"),
+            &StreamPosition {
+                offset: 3,
+                epoch: "E".into(),
+            },
+        );
+        let _reply = futures::executor::block_on(outbound.next());
+        deliver(&s, 5, "E");
+        match events.try_recv() {
+            Ok(SessionEvent::Unsubscribe { code, .. }) => {
+                assert_eq!(code, UnsubscribeCode::InsufficientState)
+            }
+            other => panic!("expected an unsubscribe, got {other:?}"),
+        }
+        deliver(&s, 6, "E");
+        assert!(!outbound.is_closing());
+        assert_eq!(
+            outbound.queued_bytes(),
+            0,
+            "nothing is delivered after a gap"
+        );
+    }
+
+    #[test]
+    fn new_epoch_ends_the_subscription_with_2500() {
+        let (s, outbound, mut events) = subscriber();
+        s.go_live(
+            Bytes::from_static(b"{}"),
+            &StreamPosition {
+                offset: 3,
+                epoch: "E".into(),
+            },
+        );
+        let _reply = futures::executor::block_on(outbound.next());
+        deliver(&s, 4, "F");
+        assert!(matches!(
+            events.try_recv(),
+            Ok(SessionEvent::Unsubscribe { .. })
+        ));
+    }
+}
