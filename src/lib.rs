@@ -13,6 +13,7 @@
 //! - `hub`: node-local registry of sessions and subscriptions, fan-out, position tracking.
 //! - `broker`: the broker and presence traits and the in-memory implementation.
 //! - `rpc`: the RPC method table behind the protocol's `rpc` command.
+//! - `store`: records, field changes, edit locks, drafts, the event outbox (SQLite | PostgreSQL).
 //! - `api`: HTTP routes: the Centrifugo-compatible server API, health, readiness, metrics.
 //! - `metrics`: metric names and the Prometheus exporter.
 //! - `zoho`: the Zoho CRM v8 client and `zoho::sim`, the Zoho emulator.
@@ -28,4 +29,5 @@ pub mod protocol;
 pub mod rpc;
 pub mod shutdown;
 pub mod startup;
+pub mod store;
 pub mod zoho;
