@@ -805,6 +805,24 @@ mod tests {
     }
 
     #[test]
+    fn record_entities_default_to_the_crm_modules_and_are_validated() {
+        let c = Config::default();
+        assert_eq!(
+            c.records.entities,
+            ["deals", "contacts", "accounts", "leads"]
+        );
+        let mut bad = Config::default();
+        bad.records.entities = vec!["Deals:x".into()];
+        assert!(bad.validate().is_err());
+        let mut bad = Config::default();
+        bad.records.entities.clear();
+        assert!(bad.validate().is_err());
+        let mut bad = Config::default();
+        bad.records.lock_min_ttl = Duration::from_secs(600);
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
     fn two_tenants_cannot_share_an_api_key() {
         let mut c = Config::default();
         for t in ["a", "b"] {

@@ -268,6 +268,131 @@ impl SessionObserver for Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::{
+        Broker, BrokerError, BrokerEventHandler, ControlMessage, HistoryPage, HistoryQuery,
+        HistoryRetention, MemoryBroker, NodeInfo, StreamPosition,
+    };
+    use crate::protocol::{ClientInfo, Publication};
+    use crate::store::{RecordKey, Source, Write, WriteKind};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The memory broker, except that `publish` fails while `down` is set.
+    struct Flaky {
+        inner: MemoryBroker,
+        down: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Broker for Flaky {
+        fn set_handler(&self, handler: std::sync::Weak<dyn BrokerEventHandler>) {
+            self.inner.set_handler(handler)
+        }
+        async fn subscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+            self.inner.subscribe(channel).await
+        }
+        async fn unsubscribe(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+            self.inner.unsubscribe(channel).await
+        }
+        async fn publish(
+            &self,
+            channel: &ChannelKey,
+            publication: Publication,
+            options: &PublishOptions,
+        ) -> Result<Option<StreamPosition>, BrokerError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(BrokerError::Unavailable("down for the test".into()));
+            }
+            self.inner.publish(channel, publication, options).await
+        }
+        async fn publish_join(&self, c: &ChannelKey, i: ClientInfo) -> Result<(), BrokerError> {
+            self.inner.publish_join(c, i).await
+        }
+        async fn publish_leave(&self, c: &ChannelKey, i: ClientInfo) -> Result<(), BrokerError> {
+            self.inner.publish_leave(c, i).await
+        }
+        async fn history(
+            &self,
+            channel: &ChannelKey,
+            query: &HistoryQuery,
+            retention: &HistoryRetention,
+        ) -> Result<HistoryPage, BrokerError> {
+            self.inner.history(channel, query, retention).await
+        }
+        async fn remove_history(&self, channel: &ChannelKey) -> Result<(), BrokerError> {
+            self.inner.remove_history(channel).await
+        }
+        async fn publish_control(&self, message: &ControlMessage) -> Result<(), BrokerError> {
+            self.inner.publish_control(message).await
+        }
+        fn is_healthy(&self) -> bool {
+            !self.down.load(Ordering::SeqCst)
+        }
+        async fn announce_node(&self, info: &NodeInfo) -> Result<(), BrokerError> {
+            self.inner.announce_node(info).await
+        }
+        async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
+            self.inner.nodes().await
+        }
+    }
+
+    #[tokio::test]
+    async fn events_survive_a_failed_publish_and_go_out_once_the_broker_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db"))
+            .await
+            .unwrap();
+        sqlite.migrate().await.unwrap();
+        let store: SharedStore = Arc::new(sqlite);
+        let broker = Arc::new(Flaky {
+            inner: MemoryBroker::new(),
+            down: AtomicBool::new(true),
+        });
+        let presence = Arc::new(MemoryBroker::new());
+        let hub = Hub::new(
+            crate::hub::NodeIdentity {
+                id: "n".into(),
+                name: "n".into(),
+                started: std::time::Instant::now(),
+            },
+            broker.clone(),
+            presence,
+        );
+        let rules = ChannelRules::new(&crate::config::ChannelsConfig::default(), 255);
+        store
+            .write(Write {
+                key: RecordKey::new("t", "deals", "1"),
+                kind: WriteKind::Update,
+                base_version: Some(0),
+                fields: serde_json::json!({"a": 1}).as_object().cloned().unwrap(),
+                lock_token: None,
+                respect_locks: true,
+                by: "ann".into(),
+                source: Source::Local,
+            })
+            .await
+            .unwrap();
+        assert_eq!(relay_once(&store, &hub, &rules).await, 0);
+        broker.down.store(false, Ordering::SeqCst);
+        // Returned to the queue with a delay, not dropped.
+        assert_eq!(relay_once(&store, &hub, &rules).await, 0);
+        store.retry_outbox(1, 0).await.unwrap();
+        store.retry_outbox(2, 0).await.unwrap();
+        assert_eq!(relay_once(&store, &hub, &rules).await, 2);
+        assert_eq!(relay_once(&store, &hub, &rules).await, 0);
+        let page = hub
+            .broker()
+            .history(
+                &ChannelKey::new("t", "changes:deals"),
+                &HistoryQuery {
+                    limit: None,
+                    ..Default::default()
+                },
+                &rules.resolve("changes:deals").unwrap().retention(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.publications.len(), 1);
+    }
 
     #[test]
     fn a_user_stays_live_until_their_last_connection_closes() {

@@ -14,15 +14,100 @@ use synchub::protocol::{Command, Encoding, RpcRequest};
 
 use crate::support::*;
 
-/// A node whose holders get a one-second grace period.
-async fn app() -> TestApp {
-    TestApp::spawn_with(|c| {
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A node whose holders get a one-second grace period, on SQLite (its data
+/// dir) or on PostgreSQL (a fresh schema, dropped by `finish`).
+async fn app(postgres: bool) -> Option<(TestApp, Option<String>)> {
+    let mut url = None;
+    let mut schema = None;
+    if postgres {
+        let admin =
+            match tokio::time::timeout(Duration::from_secs(3), sqlx::PgPool::connect(PG_URL)).await
+            {
+                Ok(Ok(p)) => p,
+                other => {
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => "timed out".into(),
+                        Ok(Ok(_)) => unreachable!(),
+                    };
+                    assert!(
+                        std::env::var_os("CI").is_none(),
+                        "PostgreSQL not reachable at {PG_URL} ({why}) and CI is set"
+                    );
+                    eprintln!("\n!!! SKIPPED: PostgreSQL not reachable at {PG_URL}: {why}\n");
+                    return None;
+                }
+            };
+        let name = unique("it");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+            .execute(&admin)
+            .await
+            .expect("create schema");
+        url = Some(format!("{PG_URL}?options=-c%20search_path%3D{name}"));
+        schema = Some(name);
+    }
+    let app = TestApp::spawn_with(move |c| {
         c.records.lock_grace_period = Duration::from_secs(1);
         c.records.node_heartbeat = Duration::from_millis(200);
         c.records.node_ttl = Duration::from_secs(2);
+        c.database_url = url.map(synchub::config::Secret::new);
     })
-    .await
+    .await;
+    Some((app, schema))
 }
+
+async fn finish(app: TestApp, schema: Option<String>) {
+    let _ = app.stop().await;
+    if let Some(name) = schema {
+        if let Ok(admin) = sqlx::PgPool::connect(PG_URL).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
+                .execute(&admin)
+                .await;
+        }
+    }
+}
+
+/// Each scenario runs on SQLite and on PostgreSQL.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (app, schema) = super::app(false).await.expect("sqlite app");
+                    super::$name(&app).await;
+                    super::finish(app, schema).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some((app, schema)) = super::app(true).await else { return };
+                    super::$name(&app).await;
+                    super::finish(app, schema).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    a_save_is_announced_on_the_entity_and_record_channels_after_commit,
+    a_stale_base_version_answers_a_conflict_with_the_current_record,
+    a_second_editor_sees_the_lock_and_is_denied_with_the_holder,
+    an_expired_lease_is_announced_within_a_second,
+    a_lock_is_released_after_the_grace_period_when_its_holder_leaves,
+    a_holder_who_reconnects_within_the_grace_period_keeps_the_lock,
+    only_an_admin_may_force_release_or_take_over,
+    drafts_are_kept_per_user_and_record,
+    bad_input_gets_a_clear_error_and_writes_nothing,
+    backends_and_users_use_the_same_service_over_http,
+    twenty_clients_racing_for_one_lock_leave_one_holder,
+);
 
 fn admin_token(user: &str) -> String {
     token_with(ConnectClaims {
@@ -79,9 +164,7 @@ fn id() -> String {
     unique("r")
 }
 
-#[tokio::test]
-async fn a_save_is_announced_on_the_entity_and_record_channels_after_commit() {
-    let app = app().await;
+async fn a_save_is_announced_on_the_entity_and_record_channels_after_commit(app: &TestApp) {
     let rid = id();
     let mut viewer = app.connected("viewer").await;
     viewer.subscribe("changes:deals").await;
@@ -115,9 +198,7 @@ async fn a_save_is_announced_on_the_entity_and_record_channels_after_commit() {
     assert_eq!(got["record"]["updated_by"], "ann");
 }
 
-#[tokio::test]
-async fn a_stale_base_version_answers_a_conflict_with_the_current_record() {
-    let app = app().await;
+async fn a_stale_base_version_answers_a_conflict_with_the_current_record(app: &TestApp) {
     let rid = id();
     let mut c = app.connected("ann").await;
     let save = |base: i64, v: i64| json!({"entity": "deals", "id": rid, "base_version": base, "fields": {"Amount": v}});
@@ -131,9 +212,7 @@ async fn a_stale_base_version_answers_a_conflict_with_the_current_record() {
     assert_eq!(err["current"]["fields"]["Amount"], 2);
 }
 
-#[tokio::test]
-async fn a_second_editor_sees_the_lock_and_is_denied_with_the_holder() {
-    let app = app().await;
+async fn a_second_editor_sees_the_lock_and_is_denied_with_the_holder(app: &TestApp) {
     let rid = id();
     let channel = format!("record:deals:{rid}");
     let mut a = app.connected("ann").await;
@@ -209,9 +288,7 @@ async fn a_second_editor_sees_the_lock_and_is_denied_with_the_holder() {
     assert_eq!(code, 410);
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_announced_within_a_second() {
-    let app = app().await;
+async fn an_expired_lease_is_announced_within_a_second(app: &TestApp) {
     let rid = id();
     let channel = format!("record:deals:{rid}");
     let mut viewer = app.connected("viewer").await;
@@ -237,9 +314,7 @@ async fn an_expired_lease_is_announced_within_a_second() {
     );
 }
 
-#[tokio::test]
-async fn a_lock_is_released_after_the_grace_period_when_its_holder_leaves() {
-    let app = app().await;
+async fn a_lock_is_released_after_the_grace_period_when_its_holder_leaves(app: &TestApp) {
     let rid = id();
     let channel = format!("record:deals:{rid}");
     let mut b = app.connected("bob").await;
@@ -270,12 +345,7 @@ async fn a_lock_is_released_after_the_grace_period_when_its_holder_leaves() {
     assert_eq!(got["acquired"], true);
 }
 
-#[tokio::test]
-async fn a_holder_who_reconnects_within_the_grace_period_keeps_the_lock() {
-    let app = TestApp::spawn_with(|c| {
-        c.records.lock_grace_period = Duration::from_secs(2);
-    })
-    .await;
+async fn a_holder_who_reconnects_within_the_grace_period_keeps_the_lock(app: &TestApp) {
     let rid = id();
     let mut a = app.connected("ann").await;
     let lock = ok(
@@ -286,9 +356,10 @@ async fn a_holder_who_reconnects_within_the_grace_period_keeps_the_lock() {
     .await;
     let token = lock["lock"]["token"].as_i64().unwrap();
     a.drop_transport();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut a = app.connected("ann").await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Well past the one-second grace period.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
     let status = ok(&mut a, "lock.status", json!({"entity": "deals", "id": rid})).await;
     assert_eq!(status["lock"]["holder"], "ann");
     assert_eq!(
@@ -303,9 +374,7 @@ async fn a_holder_who_reconnects_within_the_grace_period_keeps_the_lock() {
     .await;
 }
 
-#[tokio::test]
-async fn only_an_admin_may_force_release_or_take_over() {
-    let app = app().await;
+async fn only_an_admin_may_force_release_or_take_over(app: &TestApp) {
     let rid = id();
     let channel = format!("record:deals:{rid}");
     let mut a = app.connected("ann").await;
@@ -377,9 +446,7 @@ async fn only_an_admin_may_force_release_or_take_over() {
     assert_eq!(r["released"], false);
 }
 
-#[tokio::test]
-async fn drafts_are_kept_per_user_and_record() {
-    let app = app().await;
+async fn drafts_are_kept_per_user_and_record(app: &TestApp) {
     let rid = id();
     let mut a = app.connected("ann").await;
     let empty = ok(&mut a, "draft.get", json!({"entity": "deals", "id": rid})).await;
@@ -397,9 +464,7 @@ async fn drafts_are_kept_per_user_and_record() {
     assert_eq!(d["draft"], Value::Null);
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_clear_error_and_writes_nothing() {
-    let app = app().await;
+async fn bad_input_gets_a_clear_error_and_writes_nothing(app: &TestApp) {
     let rid = id();
     let mut c = app.connected("ann").await;
     let cases = [
@@ -511,9 +576,7 @@ async fn bad_input_gets_a_clear_error_and_writes_nothing() {
     assert_eq!(r.status(), 404, "nothing was written over HTTP either");
 }
 
-#[tokio::test]
-async fn backends_and_users_use_the_same_service_over_http() {
-    let app = app().await;
+async fn backends_and_users_use_the_same_service_over_http(app: &TestApp) {
     let rid = id();
     let url = |path: &str| app.url(&format!("/v1/records/{path}"));
     let mut viewer = app.connected("viewer").await;
@@ -681,9 +744,7 @@ async fn backends_and_users_use_the_same_service_over_http() {
     assert_eq!(r.status(), 404);
 }
 
-#[tokio::test]
-async fn twenty_clients_racing_for_one_lock_leave_one_holder() {
-    let app = app().await;
+async fn twenty_clients_racing_for_one_lock_leave_one_holder(app: &TestApp) {
     let rid = id();
     let mut clients = Vec::new();
     for i in 0..20 {
