@@ -767,3 +767,59 @@ async fn twenty_clients_racing_for_one_lock_leave_one_holder(app: &TestApp) {
     let holder = &winners[0]["lock"]["holder"];
     assert!(results.iter().all(|r| &r["lock"]["holder"] == holder));
 }
+
+/// The two-editor scenario with the official centrifuge-js SDK
+/// (tests/interop/js/locks.mjs), with the env vars of tests/it/interop.rs.
+async fn js_two_editors(format: &str, postgres: bool) {
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if !repo
+        .join("tests/interop/js/node_modules/centrifuge")
+        .exists()
+    {
+        let msg = "npm centrifuge is not installed in tests/interop/js: run ./scripts/test";
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("\n!!! SKIPPED: {msg}\n");
+        return;
+    }
+    let Some((app, schema)) = app(postgres).await else {
+        return;
+    };
+    let output = tokio::process::Command::new("node")
+        .arg(repo.join("tests/interop/js/locks.mjs"))
+        .current_dir(&repo)
+        .env("SYNCHUB_WS_URL", app.ws_url())
+        .env("SYNCHUB_API_URL", app.url(""))
+        .env("SYNCHUB_API_KEY", API_KEY)
+        .env("SYNCHUB_HMAC_SECRET", SECRET)
+        .env("SYNCHUB_FORMAT", format)
+        .env("SYNCHUB_LOCK_GRACE_MS", "1000")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), output)
+        .await
+        .expect("locks.mjs timed out")
+        .expect("node starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("1 passed, 0 failed"),
+        "locks.mjs ({format}) failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    finish(app, schema).await;
+}
+
+#[tokio::test]
+async fn centrifuge_js_editors_hand_over_a_lock_json() {
+    js_two_editors("json", false).await;
+}
+
+#[tokio::test]
+async fn centrifuge_js_editors_hand_over_a_lock_protobuf() {
+    js_two_editors("protobuf", false).await;
+}
+
+#[tokio::test]
+async fn centrifuge_js_editors_hand_over_a_lock_json_on_postgres() {
+    js_two_editors("json", true).await;
+}
