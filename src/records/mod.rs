@@ -344,6 +344,23 @@ impl RecordService {
         })
     }
 
+    /// Whether `token` is the live lock's epoch and, for a user, that user
+    /// holds it. Epochs are small integers, so a user's token is only good
+    /// in that user's hands; an epoch names one grant, so this check cannot
+    /// go stale before the store's own epoch check.
+    async fn holds(
+        &self,
+        caller: &Caller,
+        key: &RecordKey,
+        token: i64,
+    ) -> Result<bool, ServiceError> {
+        let current = self.store.lock_status(key).await?;
+        Ok(
+            current
+                .is_some_and(|l| l.epoch == token && (caller.backend || l.holder == caller.user)),
+        )
+    }
+
     /// `lock.renew`: only the live token extends the lease.
     pub async fn lock_renew(
         &self,
@@ -355,7 +372,12 @@ impl RecordService {
     ) -> ServiceResult {
         let key = self.key(caller, entity, id)?;
         let ttl = self.ttl_ms(ttl_ms)?;
-        match self.store.renew(&key, token, ttl).await? {
+        let renewed = if self.holds(caller, &key, token).await? {
+            self.store.renew(&key, token, ttl).await?
+        } else {
+            None
+        };
+        match renewed {
             Some(l) => {
                 self.committed();
                 Ok(json!({"lock": self.lock_for(caller, &l)}))
@@ -375,11 +397,12 @@ impl RecordService {
         token: i64,
     ) -> ServiceResult {
         let key = self.key(caller, entity, id)?;
-        let released = self
-            .store
-            .release(&key, token, &caller.user)
-            .await?
-            .is_some();
+        let released = self.holds(caller, &key, token).await?
+            && self
+                .store
+                .release(&key, token, &caller.user)
+                .await?
+                .is_some();
         if released {
             self.committed();
         }

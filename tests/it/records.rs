@@ -267,6 +267,22 @@ async fn a_second_editor_sees_the_lock_and_is_denied_with_the_holder(app: &TestA
     .await;
     assert_eq!(renewed["lock"]["token"], token);
     event(&mut b, &channel, "lock.renewed").await;
+    // Bob cannot use Ann's token (epochs are guessable integers).
+    let (code, _) = rpc(
+        &mut b,
+        "lock.renew",
+        json!({"entity": "deals", "id": rid, "token": token}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code, 410);
+    let not_his = ok(
+        &mut b,
+        "lock.release",
+        json!({"entity": "deals", "id": rid, "token": token}),
+    )
+    .await;
+    assert_eq!(not_his["released"], false);
     let released = ok(
         &mut a,
         "lock.release",
