@@ -11,7 +11,11 @@ use sqlx::postgres::PgConnectOptions;
 
 use super::*;
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// `SYNCHUB_TEST_DATABASE_URL`, else the local test database.
+fn pg_url() -> String {
+    std::env::var("SYNCHUB_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
 
 struct Fixture {
     store: SharedStore,
@@ -40,7 +44,7 @@ impl Fixture {
             Duration::from_secs(3),
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(1)
-                .connect(PG_URL),
+                .connect(&pg_url()),
         )
         .await
         {
@@ -52,9 +56,13 @@ impl Fixture {
                 };
                 assert!(
                     std::env::var_os("CI").is_none(),
-                    "PostgreSQL not reachable at {PG_URL} ({why}) and CI is set"
+                    "PostgreSQL not reachable at {} ({why}) and CI is set",
+                    pg_url()
                 );
-                eprintln!("\n!!! SKIPPED: PostgreSQL not reachable at {PG_URL}: {why}\n");
+                eprintln!(
+                    "\n!!! SKIPPED: PostgreSQL not reachable at {}: {why}\n",
+                    pg_url()
+                );
                 return None;
             }
         };
@@ -63,7 +71,7 @@ impl Fixture {
             .execute(&admin)
             .await
             .expect("create schema");
-        let options: PgConnectOptions = PG_URL.parse().expect("url");
+        let options: PgConnectOptions = pg_url().parse().expect("url");
         let options = options.options([("search_path", schema.as_str())]);
         let store = postgres::PgStore::connect_with(options)
             .await

@@ -14,7 +14,11 @@ use synchub::protocol::{Command, Encoding, RpcRequest};
 
 use crate::support::*;
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// `SYNCHUB_TEST_DATABASE_URL`, else the local test database.
+fn pg_url() -> String {
+    std::env::var("SYNCHUB_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
 
 /// A node whose holders get a one-second grace period, on SQLite (its data
 /// dir) or on PostgreSQL (a fresh schema, dropped by `finish`).
@@ -23,7 +27,8 @@ async fn app(postgres: bool) -> Option<(TestApp, Option<String>)> {
     let mut schema = None;
     if postgres {
         let admin =
-            match tokio::time::timeout(Duration::from_secs(3), sqlx::PgPool::connect(PG_URL)).await
+            match tokio::time::timeout(Duration::from_secs(3), sqlx::PgPool::connect(&pg_url()))
+                .await
             {
                 Ok(Ok(p)) => p,
                 other => {
@@ -34,9 +39,13 @@ async fn app(postgres: bool) -> Option<(TestApp, Option<String>)> {
                     };
                     assert!(
                         std::env::var_os("CI").is_none(),
-                        "PostgreSQL not reachable at {PG_URL} ({why}) and CI is set"
+                        "PostgreSQL not reachable at {} ({why}) and CI is set",
+                        pg_url()
                     );
-                    eprintln!("\n!!! SKIPPED: PostgreSQL not reachable at {PG_URL}: {why}\n");
+                    eprintln!(
+                        "\n!!! SKIPPED: PostgreSQL not reachable at {}: {why}\n",
+                        pg_url()
+                    );
                     return None;
                 }
             };
@@ -45,7 +54,9 @@ async fn app(postgres: bool) -> Option<(TestApp, Option<String>)> {
             .execute(&admin)
             .await
             .expect("create schema");
-        url = Some(format!("{PG_URL}?options=-c%20search_path%3D{name}"));
+        let base = pg_url();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        url = Some(format!("{base}{sep}options=-c%20search_path%3D{name}"));
         schema = Some(name);
     }
     let app = TestApp::spawn_with(move |c| {
@@ -60,12 +71,12 @@ async fn app(postgres: bool) -> Option<(TestApp, Option<String>)> {
 
 async fn finish(app: TestApp, schema: Option<String>) {
     let _ = app.stop().await;
-    if let Some(name) = schema {
-        if let Ok(admin) = sqlx::PgPool::connect(PG_URL).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
-                .execute(&admin)
-                .await;
-        }
+    if let Some(name) = schema
+        && let Ok(admin) = sqlx::PgPool::connect(&pg_url()).await
+    {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
+            .execute(&admin)
+            .await;
     }
 }
 
