@@ -71,6 +71,10 @@ async fn app(postgres: bool) -> Option<(TestApp, Option<String>)> {
 
 async fn finish(app: TestApp, schema: Option<String>) {
     let _ = app.stop().await;
+    finish_schema(schema).await;
+}
+
+async fn finish_schema(schema: Option<String>) {
     if let Some(name) = schema
         && let Ok(admin) = sqlx::PgPool::connect(&pg_url()).await
     {
@@ -849,4 +853,107 @@ async fn centrifuge_js_editors_hand_over_a_lock_protobuf() {
 #[tokio::test]
 async fn centrifuge_js_editors_hand_over_a_lock_json_on_postgres() {
     js_two_editors("json", true).await;
+}
+
+/// `redis://127.0.0.1:6379` when reachable; a loud skip (a failure under CI) otherwise.
+async fn redis_url() -> Option<String> {
+    let url = "redis://127.0.0.1:6379".to_owned();
+    let reachable = match redis::Client::open(url.as_str()) {
+        Ok(c) => c.get_multiplexed_async_connection().await.is_ok(),
+        Err(_) => false,
+    };
+    if !reachable {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "Redis not reachable at {url} and CI is set"
+        );
+        eprintln!("\n!!! SKIPPED: Redis not reachable at {url}\n");
+        return None;
+    }
+    Some(url)
+}
+
+/// Two nodes on one Redis and one PostgreSQL schema: holder liveness lives
+/// in the database, so a holder who moves to the other node keeps the lock,
+/// and the lock goes only when the holder's last connection anywhere is gone.
+#[tokio::test]
+async fn a_holder_who_moves_to_another_node_keeps_the_lock() {
+    let Some(redis) = redis_url().await else {
+        return;
+    };
+    let Some((first, schema)) = app(true).await else {
+        return;
+    };
+    let db = first_database_url(schema.as_deref().expect("schema"));
+    let prefix = unique("records");
+    // The first node runs without Redis only for the schema set-up; the two
+    // nodes of the test share Redis and the schema.
+    let _ = first.stop().await;
+    let node = |db: String, redis: String, prefix: String| {
+        TestApp::spawn_with(move |c| {
+            c.records.lock_grace_period = Duration::from_secs(1);
+            c.records.node_heartbeat = Duration::from_millis(200);
+            c.records.node_ttl = Duration::from_secs(2);
+            c.database_url = Some(synchub::config::Secret::new(db));
+            c.redis.url = Some(synchub::config::Secret::new(redis));
+            c.redis.prefix = Some(prefix);
+        })
+    };
+    let a = node(db.clone(), redis.clone(), prefix.clone()).await;
+    let b = node(db, redis, prefix).await;
+    let rid = id();
+    let channel = format!("record:deals:{rid}");
+
+    let mut bob = b.connected("bob").await;
+    bob.subscribe(&channel).await;
+    let mut carol = a.connected("carol").await;
+    carol.subscribe("changes:deals").await;
+
+    let mut ann = a.connected("ann").await;
+    let lock = ok(
+        &mut ann,
+        "lock.acquire",
+        json!({"entity": "deals", "id": rid}),
+    )
+    .await;
+    let token = lock["lock"]["token"].as_i64().unwrap();
+    // Published on node A, seen on node B through Redis.
+    event(&mut bob, &channel, "lock.acquired").await;
+
+    ann.drop_transport();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ann = b.connected("ann").await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let status = ok(
+        &mut bob,
+        "lock.status",
+        json!({"entity": "deals", "id": rid}),
+    )
+    .await;
+    assert_eq!(status["lock"]["holder"], "ann", "kept across nodes");
+
+    // Ann saves on node B; carol on node A gets the change.
+    ok(
+        &mut ann,
+        "record.update",
+        json!({"entity": "deals", "id": rid, "base_version": 0, "fields": {"x": 1}, "lock_token": token}),
+    )
+    .await;
+    let e = event(&mut carol, "changes:deals", "record.changed").await;
+    assert_eq!(e["by"], "ann");
+
+    // Her last connection goes: released after the grace period.
+    ann.drop_transport();
+    let e = event(&mut bob, &channel, "lock.released").await;
+    assert_eq!(e["reason"], "disconnected");
+
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+    finish_schema(schema).await;
+}
+
+fn first_database_url(schema: &str) -> String {
+    let base = pg_url();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
 }
