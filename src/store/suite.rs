@@ -128,6 +128,7 @@ on_both!(
     change_versions_grow_per_tenant_and_tenants_are_isolated,
     every_commit_leaves_its_events_in_the_outbox_until_acknowledged,
     twenty_racers_for_one_lock_leave_exactly_one_holder,
+    concurrent_saves_from_one_base_version_leave_one_winner,
     epochs_only_grow_across_expiry_and_takeover_and_stale_saves_are_refused,
     renew_and_release_need_the_live_token,
     a_lock_of_another_user_blocks_a_save_without_token,
@@ -354,6 +355,40 @@ async fn twenty_racers_for_one_lock_leave_exactly_one_holder(store: SharedStore)
     let winner = &winners[0];
     assert!(holders_seen.iter().all(|h| *h == winner.holder));
     assert_eq!(store.lock_status(&k).await.unwrap().as_ref(), Some(winner));
+}
+
+async fn concurrent_saves_from_one_base_version_leave_one_winner(store: SharedStore) {
+    let k = key("t1", "contended");
+    store
+        .write(update(&k, Some(0), json!({"n": 0}), "ann"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut w = update(&k, Some(1), json!({"n": i + 1}), "bot");
+            w.respect_locks = false;
+            store.write(w).await
+        }));
+    }
+    let (mut won, mut conflicts) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(c) => {
+                assert_eq!(c.record.version, 2);
+                won += 1;
+            }
+            Err(StoreError::Conflict { current, .. }) => {
+                assert_eq!(current.version, 2);
+                conflicts += 1;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((won, conflicts), (1, 19));
+    assert_eq!(store.get(&k).await.unwrap().unwrap().version, 2);
 }
 
 async fn epochs_only_grow_across_expiry_and_takeover_and_stale_saves_are_refused(
