@@ -116,9 +116,11 @@ pub fn spawn(
     }
 }
 
-/// Publishes every ready outbox event, oldest first. Stops at the first
-/// failed publish (the rest of the batch is returned to the queue) so one
-/// record's events never overtake each other on this node.
+/// Publishes every ready outbox event, oldest first; returns how many left
+/// the queue. Stops at the first publish that may succeed later (the rest of
+/// the batch is returned to the queue) so one record's events never
+/// overtake each other on this node; an event that can never be published
+/// is logged and dropped.
 pub async fn relay_once(store: &SharedStore, hub: &Hub, rules: &ChannelRules) -> usize {
     let mut published = 0;
     loop {
@@ -133,10 +135,17 @@ pub async fn relay_once(store: &SharedStore, hub: &Hub, rules: &ChannelRules) ->
         let mut done = Vec::with_capacity(batch.len());
         let mut failed_at = None;
         for (i, event) in batch.iter().enumerate() {
-            if let Err(e) = publish(hub, rules, event).await {
-                tracing::warn!(error = %e, channel = %event.channel, "event publish failed; will retry");
-                failed_at = Some(i);
-                break;
+            match publish(hub, rules, event).await {
+                Ok(()) => {}
+                Err(Failure::Retry(e)) => {
+                    tracing::warn!(error = %e, channel = %event.channel, "event publish failed; will retry");
+                    failed_at = Some(i);
+                    break;
+                }
+                // A poison event must not block the queue behind it forever.
+                Err(Failure::Drop(e)) => {
+                    tracing::error!(error = %e, channel = %event.channel, id = event.id, "event can never be published; dropped");
+                }
             }
             done.push(event.id);
         }
@@ -157,10 +166,19 @@ pub async fn relay_once(store: &SharedStore, hub: &Hub, rules: &ChannelRules) ->
     }
 }
 
-async fn publish(hub: &Hub, rules: &ChannelRules, event: &OutboxEvent) -> anyhow::Result<()> {
+/// Why an event did not go out.
+enum Failure {
+    /// The broker is unreachable: keep the event and try again.
+    Retry(crate::broker::BrokerError),
+    /// The event can never be published (its channel is no longer
+    /// configured, the broker refuses it).
+    Drop(String),
+}
+
+async fn publish(hub: &Hub, rules: &ChannelRules, event: &OutboxEvent) -> Result<(), Failure> {
     let resolved = rules
         .resolve(&event.channel)
-        .map_err(|c| anyhow::anyhow!("channel {} does not resolve: {c:?}", event.channel))?;
+        .map_err(|c| Failure::Drop(format!("channel does not resolve: {c:?}")))?;
     let options = PublishOptions {
         history: resolved
             .options
@@ -176,7 +194,14 @@ async fn publish(hub: &Hub, rules: &ChannelRules, event: &OutboxEvent) -> anyhow
         &options,
         "records",
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        if e.is_retryable() {
+            Failure::Retry(e)
+        } else {
+            Failure::Drop(e.to_string())
+        }
+    })?;
     Ok(())
 }
 
@@ -333,6 +358,46 @@ mod tests {
         async fn nodes(&self) -> Result<Vec<NodeInfo>, BrokerError> {
             self.inner.nodes().await
         }
+    }
+
+    #[tokio::test]
+    async fn an_event_that_can_never_be_published_does_not_block_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db"))
+            .await
+            .unwrap();
+        sqlite.migrate().await.unwrap();
+        let store: SharedStore = Arc::new(sqlite);
+        let memory = Arc::new(MemoryBroker::new());
+        let hub = Hub::new(
+            crate::hub::NodeIdentity {
+                id: "n".into(),
+                name: "n".into(),
+                started: std::time::Instant::now(),
+            },
+            memory.clone(),
+            memory,
+        );
+        // A node whose configuration no longer has the `changes` namespace.
+        let mut channels = crate::config::ChannelsConfig::default();
+        channels.namespaces.remove("changes");
+        let rules = ChannelRules::new(&channels, 255);
+        store
+            .write(Write {
+                key: RecordKey::new("t", "deals", "1"),
+                kind: WriteKind::Update,
+                base_version: Some(0),
+                fields: serde_json::json!({"a": 1}).as_object().cloned().unwrap(),
+                lock_token: None,
+                respect_locks: true,
+                by: "ann".into(),
+                source: Source::Local,
+            })
+            .await
+            .unwrap();
+        // changes:deals is dropped; record:deals:1 behind it still goes out.
+        assert_eq!(relay_once(&store, &hub, &rules).await, 2);
+        assert!(store.claim_outbox(10, 0).await.unwrap().is_empty());
     }
 
     #[tokio::test]
