@@ -81,6 +81,7 @@ pub struct Config {
     /// Key that encrypts Zoho tokens at rest (`SYNCHUB_ENCRYPTION_KEY`; generated).
     pub encryption_key: Option<Secret>,
     pub zoho: ZohoConfig,
+    pub records: RecordsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -315,6 +316,70 @@ impl Default for ZohoConfig {
     }
 }
 
+/// Records and edit locks (`[records]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordsConfig {
+    /// Entity names clients may address (`record:<entity>:<id>`, `/v1/records/<entity>`).
+    pub entities: Vec<String>,
+    /// Lock lease when `lock.acquire` names no `ttl_ms`.
+    #[serde(with = "humantime_serde")]
+    pub lock_ttl: Duration,
+    /// Shortest and longest lease a client may ask for.
+    #[serde(with = "humantime_serde")]
+    pub lock_min_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lock_max_ttl: Duration,
+    /// A lock whose holder has no connection left is released after this long.
+    #[serde(with = "humantime_serde")]
+    pub lock_grace_period: Duration,
+    /// How often expired leases and abandoned locks are looked for.
+    #[serde(with = "humantime_serde")]
+    pub lease_scan_interval: Duration,
+    /// How often this node reports itself (and its connected users) live.
+    #[serde(with = "humantime_serde")]
+    pub node_heartbeat: Duration,
+    /// A node silent for this long no longer vouches for its users.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// How often the outbox relay looks for events it was not woken for.
+    #[serde(with = "humantime_serde")]
+    pub outbox_poll: Duration,
+    /// Longest record id.
+    pub max_id_length: usize,
+    /// Largest `fields` object, serialised, in bytes.
+    pub max_fields_bytes: usize,
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        Self {
+            entities: ["deals", "contacts", "accounts", "leads"]
+                .map(str::to_owned)
+                .to_vec(),
+            lock_ttl: Duration::from_secs(120),
+            lock_min_ttl: Duration::from_secs(1),
+            lock_max_ttl: Duration::from_secs(3600),
+            lock_grace_period: Duration::from_secs(30),
+            lease_scan_interval: Duration::from_millis(250),
+            node_heartbeat: Duration::from_secs(5),
+            node_ttl: Duration::from_secs(20),
+            outbox_poll: Duration::from_millis(500),
+            max_id_length: 128,
+            max_fields_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Entity names: part of channel names and URLs.
+pub fn valid_entity_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// The tenant of tokens without a `tenant` claim and of `SYNCHUB_API_KEY`.
 pub const DEFAULT_TENANT: &str = "default";
 
@@ -334,6 +399,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             encryption_key: None,
             zoho: ZohoConfig::default(),
+            records: RecordsConfig::default(),
         }
     }
 }
@@ -561,6 +627,29 @@ impl Config {
                 self.zoho.tenant
             ));
         }
+        let r = &self.records;
+        if r.entities.is_empty() {
+            return bad("records.entities must name at least one entity".into());
+        }
+        for e in &r.entities {
+            if !valid_entity_name(e) {
+                return bad(format!(
+                    "records.entities: `{e}` may only hold lowercase letters, digits, `_` and `-` (at most 64)"
+                ));
+            }
+        }
+        if r.lock_min_ttl.is_zero() || r.lock_min_ttl > r.lock_ttl || r.lock_ttl > r.lock_max_ttl {
+            return bad("records: need 0 < lock_min_ttl <= lock_ttl <= lock_max_ttl".into());
+        }
+        if r.lease_scan_interval.is_zero() || r.lease_scan_interval > Duration::from_secs(1) {
+            return bad("records.lease_scan_interval must be between 1ms and 1s (expiry is published within a second)".into());
+        }
+        if r.node_heartbeat.is_zero() || r.node_ttl < r.node_heartbeat * 2 {
+            return bad("records.node_ttl must be at least twice records.node_heartbeat".into());
+        }
+        if r.outbox_poll.is_zero() || r.max_id_length == 0 || r.max_fields_bytes < 1024 {
+            return bad("records.outbox_poll and max_id_length must be positive, max_fields_bytes at least 1024".into());
+        }
         if let Some(path) = &self.auth.token_public_key {
             let pem = std::fs::read(path).map_err(|e| {
                 ConfigError::Invalid(format!("auth.token_public_key {}: {e}", path.display()))
@@ -713,6 +802,24 @@ mod tests {
         assert!(!text.contains("super-secret-api-key"));
         assert!(text.contains("***"));
         assert!(!format!("{c:?}").contains("super-secret-api-key"));
+    }
+
+    #[test]
+    fn record_entities_default_to_the_crm_modules_and_are_validated() {
+        let c = Config::default();
+        assert_eq!(
+            c.records.entities,
+            ["deals", "contacts", "accounts", "leads"]
+        );
+        let mut bad = Config::default();
+        bad.records.entities = vec!["Deals:x".into()];
+        assert!(bad.validate().is_err());
+        let mut bad = Config::default();
+        bad.records.entities.clear();
+        assert!(bad.validate().is_err());
+        let mut bad = Config::default();
+        bad.records.lock_min_ttl = Duration::from_secs(600);
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - `hub`: node-local registry of sessions and subscriptions, fan-out, position tracking.
 //! - `broker`: the broker and presence traits and the in-memory implementation.
 //! - `rpc`: the RPC method table behind the protocol's `rpc` command.
+//! - `records`: the record and lock service (RPC methods, `/v1/records`), the outbox relay, lease and liveness tasks.
+//! - `store`: records, field changes, edit locks, drafts, the event outbox (SQLite | PostgreSQL).
 //! - `api`: HTTP routes: the Centrifugo-compatible server API, health, readiness, metrics.
 //! - `metrics`: metric names and the Prometheus exporter.
 //! - `zoho`: the Zoho CRM v8 client and `zoho::sim`, the Zoho emulator.
@@ -25,7 +27,9 @@ pub mod gateway;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod records;
 pub mod rpc;
 pub mod shutdown;
 pub mod startup;
+pub mod store;
 pub mod zoho;

@@ -49,6 +49,8 @@ enum Command {
     CheckConfig,
     /// Run the Zoho CRM v8 emulator (for tests, demos and local development).
     ZohoSim(synchub::zoho::sim::SimArgs),
+    /// Apply pending database migrations (SQLite in the data dir, or SYNCHUB_DATABASE_URL) and exit.
+    Migrate,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +76,12 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }),
+        Command::Migrate => {
+            let config = Config::load(cli.config.as_deref())?;
+            let backend = runtime.block_on(synchub::store::migrate(&config))?;
+            eprintln!("{backend} database is up to date");
+            Ok(())
+        }
         Command::CheckConfig => {
             let config = Config::load(cli.config.as_deref())?;
             println!("{}", config.to_toml());

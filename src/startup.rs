@@ -24,6 +24,7 @@ use crate::config::{Config, DEFAULT_TENANT, Secret};
 use crate::gateway::GatewayContext;
 use crate::hub::{Hub, NodeIdentity};
 use crate::protocol::Disconnect;
+use crate::records::{Liveness, RecordService};
 use crate::rpc::{self, RpcRegistry};
 use crate::shutdown::Shutdown;
 
@@ -172,8 +173,14 @@ impl Application {
             public_key,
         );
 
+        let store = crate::store::open(&config).await?;
+        tracing::info!(backend = store.backend(), "store ready");
+        let records = RecordService::new(store, config.records.clone());
+        let liveness = Liveness::new(&hub.node.id, &hub.node.name);
+
         let mut registry = RpcRegistry::new();
         rpc::register_builtin(&mut registry);
+        crate::records::rpc::register(&mut registry, &records);
 
         let gateway = Arc::new(GatewayContext {
             hub: hub.clone(),
@@ -184,7 +191,15 @@ impl Application {
             anonymous: config.auth.anonymous,
             presence_ttl: config.client.presence_ttl,
             shutdown: shutdown.clone(),
+            observers: vec![liveness.clone()],
         });
+        crate::records::tasks::spawn(
+            &shutdown,
+            &records,
+            hub.clone(),
+            gateway.rules.clone(),
+            liveness,
+        );
 
         let mut api_keys = HashMap::new();
         if let Some(key) = &config.api.key {
@@ -207,6 +222,7 @@ impl Application {
             api_transport_errors: false,
             metrics,
             shutdown,
+            records,
         }));
         Ok(Self {
             listener,

@@ -1,7 +1,10 @@
 //! HTTP routes: the WebSocket endpoint, the Centrifugo-compatible server
-//! API, health, readiness and metrics. Handlers stay thin: parse, authorise,
-//! call one service function, map the error.
+//! API, `/v1/records` (records and edit locks), health, readiness and
+//! metrics. Handlers stay thin: parse, authorise, call one service function,
+//! map the error.
 
+pub mod error;
+pub mod records;
 pub mod server;
 
 use std::collections::HashMap;
@@ -31,6 +34,8 @@ pub struct App {
     pub api_transport_errors: bool,
     pub metrics: PrometheusHandle,
     pub shutdown: Shutdown,
+    /// Records and edit locks (`/v1/records/...`).
+    pub records: Arc<crate::records::RecordService>,
 }
 
 #[derive(Clone)]
@@ -62,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(records::routes())
         .with_state(state)
         .merge(ws)
 }

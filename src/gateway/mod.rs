@@ -36,6 +36,17 @@ pub struct GatewayContext {
     pub anonymous: bool,
     pub presence_ttl: std::time::Duration,
     pub shutdown: Shutdown,
+    /// Told when a session connects and when it ends.
+    pub observers: Vec<Arc<dyn SessionObserver>>,
+}
+
+/// A listener for connection lifecycles (the records service uses it to
+/// keep holder liveness). Called on the session task after a successful
+/// `connect` and when that connection ends: it must return at once (record
+/// the fact, wake a task), never await I/O.
+pub trait SessionObserver: Send + Sync {
+    fn connected(&self, tenant: &str, user: &str, client: &str);
+    fn disconnected(&self, tenant: &str, user: &str, client: &str);
 }
 
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");

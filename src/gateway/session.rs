@@ -448,6 +448,9 @@ impl Session {
             self.outbound.clone(),
         );
         self.ctx.hub.register_session(handle.clone());
+        for observer in &self.ctx.observers {
+            observer.connected(&tenant, &user, &self.client);
+        }
         self.events = Some(events);
         self.state = State::Connected(Box::new(Connected {
             handle,
@@ -1016,6 +1019,9 @@ impl Session {
                 self.drop_subscription(sub).await;
             }
             self.ctx.hub.unregister_session(&c.handle);
+            for observer in &self.ctx.observers {
+                observer.disconnected(&c.tenant, &c.user, &self.client);
+            }
         }
         tracing::debug!(client = %self.client, "connection closed");
     }

@@ -7,5 +7,6 @@ mod support;
 mod cluster;
 mod gateway;
 mod interop;
+mod records;
 mod server_api;
 mod zoho;

@@ -1,0 +1,619 @@
+//! The store behaviour suite: every test runs against SQLite (a fresh file)
+//! and PostgreSQL (a fresh schema in the `test` database at 127.0.0.1:5432).
+//! When PostgreSQL is unreachable its half fails under `CI` and otherwise
+//! prints a loud SKIPPED line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use sqlx::postgres::PgConnectOptions;
+
+use super::*;
+
+/// `SYNCHUB_TEST_DATABASE_URL`, else the local test database.
+fn pg_url() -> String {
+    std::env::var("SYNCHUB_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+struct Fixture {
+    store: SharedStore,
+    _dir: Option<tempfile::TempDir>,
+    pg_schema: Option<(sqlx::PgPool, String)>,
+}
+
+impl Fixture {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = sqlite::SqliteStore::open(&dir.path().join("t.db"))
+            .await
+            .expect("open sqlite");
+        store.migrate().await.expect("migrate sqlite");
+        Self {
+            store: Arc::new(store),
+            _dir: Some(dir),
+            pg_schema: None,
+        }
+    }
+
+    /// A store in a schema of its own; `None` (after a loud skip) when
+    /// PostgreSQL is unreachable outside CI.
+    async fn postgres() -> Option<Self> {
+        let admin = match tokio::time::timeout(
+            Duration::from_secs(3),
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&pg_url()),
+        )
+        .await
+        {
+            Ok(Ok(pool)) => pool,
+            other => {
+                let why = match other {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "PostgreSQL not reachable at {} ({why}) and CI is set",
+                    pg_url()
+                );
+                eprintln!(
+                    "\n!!! SKIPPED: PostgreSQL not reachable at {}: {why}\n",
+                    pg_url()
+                );
+                return None;
+            }
+        };
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .expect("create schema");
+        let options: PgConnectOptions = pg_url().parse().expect("url");
+        let options = options.options([("search_path", schema.as_str())]);
+        let store = postgres::PgStore::connect_with(options)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate postgres");
+        Some(Self {
+            store: Arc::new(store),
+            _dir: None,
+            pg_schema: Some((admin, schema)),
+        })
+    }
+
+    async fn finish(self) {
+        if let Some((admin, schema)) = self.pg_schema {
+            drop(self.store);
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(&admin)
+                .await;
+        }
+    }
+}
+
+/// Declares one test per backend for an `async fn(SharedStore)`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let f = super::Fixture::sqlite().await;
+                    super::$name(f.store.clone()).await;
+                    f.finish().await;
+                }
+            )*
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(f) = super::Fixture::postgres().await else { return };
+                    super::$name(f.store.clone()).await;
+                    f.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    a_write_is_read_back_and_each_change_bumps_the_version,
+    a_stale_base_version_is_refused_with_the_current_record,
+    create_refuses_a_live_record_and_update_refuses_a_missing_one,
+    a_write_that_changes_nothing_writes_nothing,
+    change_versions_grow_per_tenant_and_tenants_are_isolated,
+    every_commit_leaves_its_events_in_the_outbox_until_acknowledged,
+    twenty_racers_for_one_lock_leave_exactly_one_holder,
+    concurrent_saves_from_one_base_version_leave_one_winner,
+    epochs_only_grow_across_expiry_and_takeover_and_stale_saves_are_refused,
+    renew_and_release_need_the_live_token,
+    a_lock_of_another_user_blocks_a_save_without_token,
+    a_lock_whose_holder_left_is_released_after_the_grace_period,
+    a_holder_who_reconnects_within_the_grace_period_keeps_the_lock,
+    drafts_are_kept_per_user,
+);
+
+fn key(tenant: &str, id: &str) -> RecordKey {
+    RecordKey::new(tenant, "deals", id)
+}
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().expect("object")
+}
+
+fn update(k: &RecordKey, base: Option<i64>, fields: Value, by: &str) -> Write {
+    Write {
+        key: k.clone(),
+        kind: WriteKind::Update,
+        base_version: base,
+        fields: obj(fields),
+        lock_token: None,
+        respect_locks: true,
+        by: by.into(),
+        source: Source::Local,
+    }
+}
+
+async fn granted(store: &SharedStore, k: &RecordKey, user: &str, client: &str, ttl: i64) -> Lock {
+    match store
+        .acquire(k, user, client, ttl, false)
+        .await
+        .expect("acquire")
+    {
+        Acquired::Granted(l) => l,
+        Acquired::Held(l) => panic!("lock held by {}", l.holder),
+    }
+}
+
+async fn drain_outbox(store: &SharedStore) -> Vec<OutboxEvent> {
+    let events = store.claim_outbox(1000, 10_000).await.expect("claim");
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    store.ack_outbox(&ids).await.expect("ack");
+    events
+}
+
+async fn a_write_is_read_back_and_each_change_bumps_the_version(store: SharedStore) {
+    let k = key("t1", "d1");
+    let c = store
+        .write(update(
+            &k,
+            Some(0),
+            json!({"Amount": 10, "Stage": "new"}),
+            "ann",
+        ))
+        .await
+        .expect("create");
+    assert_eq!(c.record.version, 1);
+    assert_eq!(c.changed, vec!["Amount", "Stage"]);
+    let c = store
+        .write(update(&k, Some(1), json!({"Amount": 12}), "bob"))
+        .await
+        .expect("update");
+    assert_eq!(c.record.version, 2);
+    assert_eq!(c.changed, vec!["Amount"]);
+    let r = store.get(&k).await.unwrap().expect("record");
+    assert_eq!(r.version, 2);
+    assert_eq!(
+        Value::Object(r.fields),
+        json!({"Amount": 12, "Stage": "new"})
+    );
+    assert_eq!(r.updated_by, "bob");
+    assert!(r.updated_at > 1_600_000_000_000);
+}
+
+async fn a_stale_base_version_is_refused_with_the_current_record(store: SharedStore) {
+    let k = key("t1", "d2");
+    store
+        .write(update(&k, Some(0), json!({"a": 1}), "ann"))
+        .await
+        .unwrap();
+    store
+        .write(update(&k, Some(1), json!({"a": 2}), "ann"))
+        .await
+        .unwrap();
+    match store
+        .write(update(&k, Some(1), json!({"a": 3}), "bob"))
+        .await
+    {
+        Err(StoreError::Conflict { base, current }) => {
+            assert_eq!(base, 1);
+            assert_eq!(current.version, 2);
+            assert_eq!(current.fields["a"], json!(2));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.get(&k).await.unwrap().unwrap().fields["a"], json!(2));
+}
+
+async fn create_refuses_a_live_record_and_update_refuses_a_missing_one(store: SharedStore) {
+    let k = key("t1", "d3");
+    assert!(matches!(
+        store
+            .write(update(&k, Some(4), json!({"a": 1}), "ann"))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let mut w = update(&k, None, json!({"a": 1}), "ann");
+    w.kind = WriteKind::Create;
+    store.write(w.clone()).await.expect("create");
+    assert!(matches!(
+        store.write(w.clone()).await,
+        Err(StoreError::AlreadyExists)
+    ));
+    let mut d = update(&k, Some(1), json!({}), "ann");
+    d.kind = WriteKind::Delete;
+    let gone = store.write(d).await.expect("delete");
+    assert!(gone.record.deleted);
+    assert!(store.get(&k).await.unwrap().is_none());
+    // Re-creating continues the version line, so pulls never see it go back.
+    assert_eq!(store.write(w).await.expect("recreate").record.version, 3);
+}
+
+async fn a_write_that_changes_nothing_writes_nothing(store: SharedStore) {
+    let k = key("t1", "d4");
+    store
+        .write(update(&k, Some(0), json!({"a": 1}), "ann"))
+        .await
+        .unwrap();
+    drain_outbox(&store).await;
+    let before = store.change_version("t1").await.unwrap();
+    let c = store
+        .write(update(&k, Some(1), json!({"a": 1}), "ann"))
+        .await
+        .unwrap();
+    assert!(c.changed.is_empty());
+    assert_eq!(c.record.version, 1);
+    assert_eq!(store.change_version("t1").await.unwrap(), before);
+    assert!(drain_outbox(&store).await.is_empty());
+}
+
+async fn change_versions_grow_per_tenant_and_tenants_are_isolated(store: SharedStore) {
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .write(update(
+                    &key("ta", &format!("r{i}")),
+                    Some(0),
+                    json!({"n": i}),
+                    "u",
+                ))
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(store.change_version("ta").await.unwrap(), 10);
+    assert_eq!(store.change_version("tb").await.unwrap(), 0);
+    assert!(store.get(&key("tb", "r1")).await.unwrap().is_none());
+    assert!(store.get(&key("ta", "r1")).await.unwrap().is_some());
+}
+
+async fn every_commit_leaves_its_events_in_the_outbox_until_acknowledged(store: SharedStore) {
+    let k = key("t1", "d5");
+    store
+        .write(update(&k, Some(0), json!({"a": 1}), "ann"))
+        .await
+        .unwrap();
+    let claimed = store.claim_outbox(100, 60_000).await.unwrap();
+    let channels: Vec<&str> = claimed.iter().map(|e| e.channel.as_str()).collect();
+    assert_eq!(channels, vec!["changes:deals", "record:deals:d5"]);
+    let event: Value = serde_json::from_str(&claimed[0].payload).unwrap();
+    assert_eq!(event["type"], "record.changed");
+    assert_eq!(event["by"], "ann");
+    // Claimed events are not handed out twice while the claim lasts...
+    assert!(store.claim_outbox(100, 60_000).await.unwrap().is_empty());
+    // ...a failed publish returns one to the queue...
+    store.retry_outbox(claimed[1].id, 0).await.unwrap();
+    let again = store.claim_outbox(100, 60_000).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, claimed[1].id);
+    // ...and acknowledged ones are gone.
+    store
+        .ack_outbox(&[claimed[0].id, claimed[1].id])
+        .await
+        .unwrap();
+    store.retry_outbox(claimed[1].id, 0).await.unwrap();
+    assert!(store.claim_outbox(100, 0).await.unwrap().is_empty());
+}
+
+async fn twenty_racers_for_one_lock_leave_exactly_one_holder(store: SharedStore) {
+    let k = key("t1", "race");
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .acquire(
+                    &k,
+                    &format!("user{i}"),
+                    &format!("client{i}"),
+                    60_000,
+                    false,
+                )
+                .await
+                .expect("acquire")
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut holders_seen = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Acquired::Granted(l) => winners.push(l),
+            Acquired::Held(l) => holders_seen.push(l.holder),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one racer holds the lock");
+    let winner = &winners[0];
+    assert!(holders_seen.iter().all(|h| *h == winner.holder));
+    assert_eq!(store.lock_status(&k).await.unwrap().as_ref(), Some(winner));
+}
+
+async fn concurrent_saves_from_one_base_version_leave_one_winner(store: SharedStore) {
+    let k = key("t1", "contended");
+    store
+        .write(update(&k, Some(0), json!({"n": 0}), "ann"))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = store.clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut w = update(&k, Some(1), json!({"n": i + 1}), "bot");
+            w.respect_locks = false;
+            store.write(w).await
+        }));
+    }
+    let (mut won, mut conflicts) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(c) => {
+                assert_eq!(c.record.version, 2);
+                won += 1;
+            }
+            Err(StoreError::Conflict { current, .. }) => {
+                assert_eq!(current.version, 2);
+                conflicts += 1;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((won, conflicts), (1, 19));
+    assert_eq!(store.get(&k).await.unwrap().unwrap().version, 2);
+}
+
+async fn epochs_only_grow_across_expiry_and_takeover_and_stale_saves_are_refused(
+    store: SharedStore,
+) {
+    let k = key("t1", "fence");
+    store
+        .write(update(&k, Some(0), json!({"a": 0}), "ann"))
+        .await
+        .unwrap();
+    let first = granted(&store, &k, "ann", "c1", 100).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Expired by the database clock: bob gets it with a higher epoch.
+    let second = granted(&store, &k, "bob", "c2", 60_000).await;
+    assert!(second.epoch > first.epoch);
+    // An admin takes over: higher again.
+    let third = match store.acquire(&k, "root", "c3", 60_000, true).await.unwrap() {
+        Acquired::Granted(l) => l,
+        Acquired::Held(_) => panic!("takeover refused"),
+    };
+    assert!(third.epoch > second.epoch);
+    // Bob's save arrives after the takeover, carrying his stale epoch: refused.
+    let mut w = update(&k, Some(1), json!({"a": 1}), "bob");
+    w.lock_token = Some(second.epoch);
+    match store.write(w).await {
+        Err(StoreError::LockLost { current }) => {
+            assert_eq!(current.map(|l| l.holder).as_deref(), Some("root"))
+        }
+        other => panic!("expected lock lost, got {other:?}"),
+    }
+    // The expired first holder's epoch is refused too.
+    let mut w = update(&k, Some(1), json!({"a": 1}), "ann");
+    w.lock_token = Some(first.epoch);
+    assert!(matches!(
+        store.write(w).await,
+        Err(StoreError::LockLost { .. })
+    ));
+    // The holder with the live epoch but a stale base version: conflict.
+    let mut w = update(&k, Some(0), json!({"a": 2}), "root");
+    w.lock_token = Some(third.epoch);
+    assert!(matches!(
+        store.write(w.clone()).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    w.base_version = Some(1);
+    assert_eq!(store.write(w).await.unwrap().record.version, 2);
+    let events: Vec<Value> = drain_outbox(&store)
+        .await
+        .iter()
+        .filter(|e| e.channel == "record:deals:fence")
+        .map(|e| serde_json::from_str(&e.payload).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "record.changed",
+            "lock.acquired",
+            "lock.expired",
+            "lock.acquired",
+            "lock.taken_over",
+            "record.changed"
+        ]
+    );
+    assert_eq!(events[4]["previous_holder"], "bob");
+}
+
+async fn renew_and_release_need_the_live_token(store: SharedStore) {
+    let k = key("t1", "renew");
+    let l = granted(&store, &k, "ann", "c1", 1_000).await;
+    let renewed = store
+        .renew(&k, l.epoch, 60_000)
+        .await
+        .unwrap()
+        .expect("renewed");
+    assert!(renewed.expires_at > l.expires_at);
+    assert_eq!(renewed.epoch, l.epoch);
+    assert!(
+        store
+            .renew(&k, l.epoch + 1, 60_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .release(&k, l.epoch + 1, "ann")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.release(&k, l.epoch, "ann").await.unwrap().is_some());
+    assert!(store.lock_status(&k).await.unwrap().is_none());
+    assert!(store.renew(&k, l.epoch, 60_000).await.unwrap().is_none());
+    // The same client re-acquiring keeps its epoch; another tab gets a new one.
+    let a = granted(&store, &k, "ann", "c1", 60_000).await;
+    assert_eq!(
+        granted(&store, &k, "ann", "c1", 60_000).await.epoch,
+        a.epoch
+    );
+    assert!(granted(&store, &k, "ann", "c2", 60_000).await.epoch > a.epoch);
+    assert!(store.force_release(&k, "root").await.unwrap().is_some());
+    assert!(store.force_release(&k, "root").await.unwrap().is_none());
+}
+
+async fn a_lock_of_another_user_blocks_a_save_without_token(store: SharedStore) {
+    let k = key("t1", "held");
+    store
+        .write(update(&k, Some(0), json!({"a": 0}), "ann"))
+        .await
+        .unwrap();
+    granted(&store, &k, "ann", "c1", 60_000).await;
+    assert!(matches!(
+        store
+            .write(update(&k, Some(1), json!({"a": 1}), "bob"))
+            .await,
+        Err(StoreError::LockHeld { .. })
+    ));
+    // The holder may save without the token; a backend ignoring locks too.
+    store
+        .write(update(&k, Some(1), json!({"a": 1}), "ann"))
+        .await
+        .unwrap();
+    let mut w = update(&k, Some(2), json!({"a": 2}), "zoho");
+    w.respect_locks = false;
+    w.source = Source::Zoho;
+    assert_eq!(store.write(w).await.unwrap().record.version, 3);
+}
+
+async fn a_lock_whose_holder_left_is_released_after_the_grace_period(store: SharedStore) {
+    let k = key("t1", "left");
+    let user = ("t1".to_owned(), "ann".to_owned());
+    store
+        .heartbeat("n1", "node", std::slice::from_ref(&user), &[], 10_000)
+        .await
+        .unwrap();
+    granted(&store, &k, "ann", "c1", 60_000).await;
+    assert!(
+        store
+            .release_abandoned(100, 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .heartbeat("n1", "node", &[], std::slice::from_ref(&user), 10_000)
+        .await
+        .unwrap();
+    // Marked offline now; not released before the grace period ends.
+    assert!(
+        store
+            .release_abandoned(300, 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let released = store.release_abandoned(300, 10_000).await.unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].0, "t1");
+    assert!(store.lock_status(&k).await.unwrap().is_none());
+    let events = drain_outbox(&store).await;
+    let last: Value = serde_json::from_str(&events.last().unwrap().payload).unwrap();
+    assert_eq!(last["type"], "lock.released");
+    assert_eq!(last["reason"], "disconnected");
+}
+
+async fn a_holder_who_reconnects_within_the_grace_period_keeps_the_lock(store: SharedStore) {
+    let k = key("t1", "back");
+    let user = ("t1".to_owned(), "ann".to_owned());
+    store
+        .heartbeat("n1", "node", std::slice::from_ref(&user), &[], 10_000)
+        .await
+        .unwrap();
+    let l = granted(&store, &k, "ann", "c1", 60_000).await;
+    store.forget_node("n1").await.unwrap();
+    assert!(
+        store
+            .release_abandoned(300, 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Back on another node before the grace period ends.
+    store
+        .heartbeat("n2", "node", std::slice::from_ref(&user), &[], 10_000)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .release_abandoned(300, 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        store
+            .release_abandoned(300, 10_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.lock_status(&k).await.unwrap(), Some(l.clone()));
+    assert!(store.renew(&k, l.epoch, 60_000).await.unwrap().is_some());
+    // A node that stops heartbeating stops vouching for its users.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(store.release_abandoned(100, 100).await.unwrap().is_empty());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(store.release_abandoned(100, 100).await.unwrap().len(), 1);
+}
+
+async fn drafts_are_kept_per_user(store: SharedStore) {
+    let k = key("t1", "draft");
+    assert!(store.get_draft(&k, "ann").await.unwrap().is_none());
+    store
+        .save_draft(&k, "ann", &obj(json!({"Stage": "won"})))
+        .await
+        .unwrap();
+    store
+        .save_draft(&k, "ann", &obj(json!({"Stage": "lost"})))
+        .await
+        .unwrap();
+    let (fields, at) = store.get_draft(&k, "ann").await.unwrap().expect("draft");
+    assert_eq!(Value::Object(fields), json!({"Stage": "lost"}));
+    assert!(at > 0);
+    assert!(store.get_draft(&k, "bob").await.unwrap().is_none());
+}
