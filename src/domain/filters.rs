@@ -362,3 +362,359 @@ fn is_in(actual: &Value, expected: &Value) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn record(value: Value) -> Record {
+        value.as_object().expect("a JSON object").clone()
+    }
+
+    fn condition(field: &str, op: &str, value: Value) -> Condition {
+        Condition {
+            field: field.to_owned(),
+            op: Operator::parse(op).expect("a known operator"),
+            value,
+        }
+    }
+
+    fn holds(op: &str, actual: Value, expected: Value) -> bool {
+        condition("f", op, expected).matches(&record(json!({ "f": actual })))
+    }
+
+    fn compile(toml_text: &str, entity_direction: Direction) -> Result<Filter, Vec<Problem>> {
+        let config: FilterConfig = toml::from_str(toml_text).expect("valid TOML");
+        let mut problems = Vec::new();
+        config
+            .compile("deals", 0, entity_direction, &mut problems)
+            .ok_or(problems)
+    }
+
+    #[test]
+    fn equals_compares_strings_as_strings() {
+        assert!(holds("equals", json!("open"), json!("open")));
+        assert!(!holds("equals", json!("open"), json!("Open")));
+    }
+
+    #[test]
+    fn equals_compares_numbers_as_numbers() {
+        assert!(holds("equals", json!(1), json!(1.0)));
+        assert!(holds("equals", json!(-3), json!(-3)));
+        assert!(!holds("equals", json!(1), json!(2)));
+    }
+
+    #[test]
+    fn a_numeric_string_compares_as_a_number_against_a_number() {
+        // Zoho sends Long Integer fields as strings (ZOHO-API.md §3.2).
+        assert!(holds("equals", json!("42"), json!(42)));
+        assert!(holds(
+            "greater_than",
+            json!("123456789012345678"),
+            json!(123456789012345677_i64)
+        ));
+        assert!(!holds("equals", json!("42"), json!("42.0")));
+    }
+
+    #[test]
+    fn equals_compares_booleans_and_nulls() {
+        assert!(holds("equals", json!(true), json!(true)));
+        assert!(!holds("equals", json!(true), json!(false)));
+        assert!(holds("equals", json!(null), json!(null)));
+    }
+
+    #[test]
+    fn values_of_different_kinds_are_never_equal() {
+        assert!(!holds("equals", json!(true), json!(1)));
+        assert!(!holds("equals", json!("yes"), json!(true)));
+        assert!(!holds("equals", json!("abc"), json!(1)));
+        assert!(!holds("equals", json!(["a"]), json!("a")));
+    }
+
+    #[test]
+    fn equals_treats_two_spellings_of_one_instant_as_equal() {
+        assert!(holds(
+            "equals",
+            json!("2024-01-15T15:26:49+05:30"),
+            json!("2024-01-15T09:56:49Z")
+        ));
+    }
+
+    #[test]
+    fn not_equals_is_the_negation_of_equals_even_for_missing_fields() {
+        assert!(holds("not_equals", json!("open"), json!("lost")));
+        assert!(!holds("not_equals", json!("lost"), json!("lost")));
+        assert!(holds("not_equals", json!(true), json!(1)));
+        let no_status = record(json!({ "name": "x" }));
+        assert!(condition("status", "not_equals", json!("lost")).matches(&no_status));
+    }
+
+    #[test]
+    fn contains_is_a_substring_test_on_strings() {
+        assert!(holds("contains", json!("Acme Corp"), json!("Corp")));
+        assert!(!holds("contains", json!("Acme Corp"), json!("corp")));
+    }
+
+    #[test]
+    fn contains_is_a_membership_test_on_arrays() {
+        assert!(holds("contains", json!(["emea", "apac"]), json!("apac")));
+        assert!(holds("contains", json!([1, 2, 3]), json!(2.0)));
+        assert!(!holds("contains", json!(["emea"]), json!("amer")));
+    }
+
+    #[test]
+    fn contains_on_a_number_or_boolean_is_false() {
+        assert!(!holds("contains", json!(12345), json!("23")));
+        assert!(!holds("contains", json!(true), json!(true)));
+        assert!(!holds("contains", json!("abc"), json!(1)));
+    }
+
+    #[test]
+    fn greater_and_less_than_compare_numbers_as_numbers() {
+        assert!(holds("greater_than", json!(10), json!(9.5)));
+        assert!(!holds("greater_than", json!(9), json!(9)));
+        assert!(holds("less_than", json!(9), json!(10)));
+        assert!(holds("less_than", json!(-1.5), json!(0)));
+        // As strings "10" < "9"; as numbers it is not.
+        assert!(holds("greater_than", json!("10"), json!(9)));
+    }
+
+    #[test]
+    fn greater_and_less_than_compare_strings_as_strings() {
+        assert!(holds("greater_than", json!("beta"), json!("alpha")));
+        assert!(holds("less_than", json!("2024-01-31"), json!("2024-02-01")));
+    }
+
+    #[test]
+    fn greater_and_less_than_compare_dates_as_instants() {
+        // As strings "2024-01-15T10:00:00+05:30" > "2024-01-15T09:00:00Z"; as
+        // instants it is 04:30 UTC, earlier.
+        assert!(holds(
+            "less_than",
+            json!("2024-01-15T10:00:00+05:30"),
+            json!("2024-01-15T09:00:00Z")
+        ));
+        assert!(holds(
+            "greater_than",
+            json!("2023-05-10T01:10:47-07:00"),
+            json!("2023-05-10T08:10:46Z")
+        ));
+    }
+
+    #[test]
+    fn ordering_across_kinds_is_false_both_ways() {
+        for op in ["greater_than", "less_than"] {
+            assert!(!holds(op, json!("abc"), json!(5)), "{op}");
+            assert!(!holds(op, json!(true), json!(5)), "{op}");
+            assert!(!holds(op, json!(5), json!("abc")), "{op}");
+            assert!(!holds(op, json!([5]), json!(1)), "{op}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_null_field_satisfies_no_positive_operator() {
+        let empty = record(json!({ "other": 1, "f": null }));
+        for (op, value) in [
+            ("equals", json!("x")),
+            ("contains", json!("x")),
+            ("greater_than", json!(0)),
+            ("less_than", json!(0)),
+            ("in", json!(["x"])),
+        ] {
+            assert!(
+                !condition("missing", op, value.clone()).matches(&empty),
+                "{op}"
+            );
+            assert!(!condition("f", op, value).matches(&empty), "{op} null");
+        }
+        assert!(condition("missing", "not_in", json!(["x"])).matches(&empty));
+    }
+
+    #[test]
+    fn in_and_not_in_test_membership_of_a_list() {
+        assert!(holds("in", json!("emea"), json!(["emea", "apac"])));
+        assert!(!holds("in", json!("amer"), json!(["emea", "apac"])));
+        assert!(holds("in", json!(2), json!([1, 2.0])));
+        assert!(holds("not_in", json!("amer"), json!(["emea", "apac"])));
+        assert!(!holds("not_in", json!("emea"), json!(["emea", "apac"])));
+        assert!(holds("not_in", json!(true), json!([1])));
+    }
+
+    #[test]
+    fn all_needs_every_condition_and_any_needs_one() {
+        let conditions = vec![
+            condition("status", "equals", json!("open")),
+            condition("amount", "greater_than", json!(100)),
+        ];
+        let all = Filter {
+            direction: Direction::Both,
+            combine: Combine::All,
+            conditions: conditions.clone(),
+        };
+        let any = Filter {
+            combine: Combine::Any,
+            ..all.clone()
+        };
+        let both = record(json!({ "status": "open", "amount": 500 }));
+        let one = record(json!({ "status": "open", "amount": 5 }));
+        let neither = record(json!({ "status": "won", "amount": 5 }));
+        assert!(all.matches(&both) && any.matches(&both));
+        assert!(!all.matches(&one) && any.matches(&one));
+        assert!(!all.matches(&neither) && !any.matches(&neither));
+    }
+
+    #[test]
+    fn a_filter_guards_only_its_direction() {
+        let to_zoho = compile(
+            r#"
+            direction = "to_zoho"
+            conditions = [{ field = "status", op = "not_equals", value = "lost" }]
+            "#,
+            Direction::Both,
+        )
+        .unwrap();
+        let lost = record(json!({ "status": "lost" }));
+        assert!(!passes(std::slice::from_ref(&to_zoho), Flow::ToZoho, &lost));
+        assert!(passes(&[to_zoho], Flow::FromZoho, &lost));
+    }
+
+    #[test]
+    fn every_applicable_filter_must_match() {
+        let a = compile(
+            r#"conditions = [{ field = "region", op = "in", value = ["emea", "apac"] }]"#,
+            Direction::Both,
+        )
+        .unwrap();
+        let b = compile(
+            r#"
+            match = "any"
+            conditions = [
+              { field = "amount", op = "greater_than", value = 1000 },
+              { field = "vip", op = "equals", value = true },
+            ]
+            "#,
+            Direction::Both,
+        )
+        .unwrap();
+        let filters = [a, b];
+        let pass = record(json!({ "region": "emea", "amount": 10, "vip": true }));
+        let wrong_region = record(json!({ "region": "amer", "amount": 5000 }));
+        let small = record(json!({ "region": "apac", "amount": 10, "vip": false }));
+        assert!(passes(&filters, Flow::ToZoho, &pass));
+        assert!(!passes(&filters, Flow::ToZoho, &wrong_region));
+        assert!(!passes(&filters, Flow::FromZoho, &small));
+        assert!(passes(&[], Flow::ToZoho, &small));
+    }
+
+    #[test]
+    fn a_filter_parses_from_toml_with_its_defaults() {
+        let filter = compile(
+            r#"conditions = [{ field = "closes_at", op = "less_than", value = "2027-01-01T00:00:00Z" }]"#,
+            Direction::Both,
+        )
+        .unwrap();
+        assert_eq!(filter.direction, Direction::Both);
+        assert_eq!(filter.combine, Combine::All);
+        assert_eq!(
+            filter.conditions,
+            vec![condition(
+                "closes_at",
+                "less_than",
+                json!("2027-01-01T00:00:00Z")
+            )]
+        );
+    }
+
+    fn kinds(result: Result<Filter, Vec<Problem>>) -> Vec<ProblemKind> {
+        result
+            .expect_err("the filter is refused")
+            .into_iter()
+            .map(|p| p.kind)
+            .collect()
+    }
+
+    #[test]
+    fn an_unknown_operator_is_refused_naming_the_condition() {
+        let problems = compile(
+            r#"conditions = [{ field = "a", op = "equals", value = 1 }, { field = "b", op = "like", value = "x" }]"#,
+            Direction::Both,
+        )
+        .unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            problems[0].to_string(),
+            "sync.entities.deals.filters[0].conditions[1]: unknown op `like` (expected one of: \
+             equals, not_equals, contains, greater_than, less_than, in, not_in)"
+        );
+    }
+
+    #[test]
+    fn an_unknown_direction_or_match_is_refused() {
+        let kinds = kinds(compile(
+            r#"
+            direction = "sideways"
+            match = "most"
+            conditions = [{ field = "a", op = "equals", value = 1 }]
+            "#,
+            Direction::Both,
+        ));
+        assert_eq!(
+            kinds,
+            vec![
+                ProblemKind::unknown("direction", "sideways", Direction::NAMES),
+                ProblemKind::unknown("match", "most", "all, any"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_filter_with_no_conditions_is_refused() {
+        assert_eq!(
+            kinds(compile("conditions = []", Direction::Both)),
+            vec![ProblemKind::EmptyFilter]
+        );
+    }
+
+    #[test]
+    fn a_filter_for_a_direction_the_entity_never_syncs_is_refused() {
+        let kinds = kinds(compile(
+            r#"
+            direction = "from_zoho"
+            conditions = [{ field = "a", op = "equals", value = 1 }]
+            "#,
+            Direction::ToZoho,
+        ));
+        assert!(matches!(kinds[..], [ProblemKind::NeverApplies { .. }]));
+    }
+
+    #[test]
+    fn malformed_filter_values_are_refused() {
+        for (op, value) in [
+            ("in", "\"emea\""),
+            ("not_in", "[]"),
+            ("in", "[[1]]"),
+            ("equals", "[1, 2]"),
+            ("greater_than", "true"),
+            ("contains", "{ a = 1 }"),
+            // A TOML date literal: dates are written as RFC 3339 strings.
+            ("less_than", "2027-01-01T00:00:00Z"),
+        ] {
+            let text = format!(r#"conditions = [{{ field = "f", op = "{op}", value = {value} }}]"#);
+            let kinds = kinds(compile(&text, Direction::Both));
+            assert!(
+                matches!(&kinds[..], [ProblemKind::FilterValue { .. }]),
+                "{op} {value}: {kinds:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_filter_is_a_parse_error() {
+        let parsed: Result<FilterConfig, _> = toml::from_str(
+            r#"conditions = [{ field = "f", op = "equals", value = 1, negate = true }]"#,
+        );
+        assert!(parsed.unwrap_err().to_string().contains("negate"));
+    }
+}
