@@ -976,10 +976,11 @@ impl EntityMapping {
                 Flow::ToZoho => (&field.local, &field.zoho),
                 Flow::FromZoho => (&field.zoho, &field.local),
             };
-            if source.as_deref() == Some(name) && field.direction.crosses(flow) {
-                if let Some(target) = target {
-                    return Some(target);
-                }
+            if source.as_deref() == Some(name)
+                && field.direction.crosses(flow)
+                && let Some(target) = target
+            {
+                return Some(target);
             }
         }
         plan.passes_through(name).then_some(name)
@@ -1460,4 +1461,1248 @@ fn invert(
         }
     }
     ok.then_some(back)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The config as the lead embeds it: `[sync.entities.<entity>]`.
+    #[derive(Debug, Deserialize)]
+    struct Root {
+        sync: SyncSection,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct SyncSection {
+        entities: EntitiesConfig,
+    }
+
+    fn parse(toml_text: &str) -> EntitiesConfig {
+        toml::from_str::<Root>(toml_text)
+            .expect("valid TOML")
+            .sync
+            .entities
+    }
+
+    fn mappings(toml_text: &str) -> SyncMappings {
+        match parse(toml_text).validate() {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn deals(toml_text: &str) -> EntityMapping {
+        mappings(toml_text).entity("deals").expect("deals").clone()
+    }
+
+    fn problems(toml_text: &str) -> Vec<Problem> {
+        parse(toml_text)
+            .validate()
+            .expect_err("the configuration is refused")
+            .problems
+    }
+
+    fn kinds(toml_text: &str) -> Vec<ProblemKind> {
+        problems(toml_text).into_iter().map(|p| p.kind).collect()
+    }
+
+    fn record(value: Value) -> Record {
+        value.as_object().expect("a JSON object").clone()
+    }
+
+    const DEALS: &str = r#"
+        [sync.entities.deals]
+        exclude = ["internal_notes"]
+
+        [[sync.entities.deals.fields]]
+        local = "name"
+        zoho = "Deal_Name"
+
+        [[sync.entities.deals.fields]]
+        local = "status"
+        zoho = "Stage"
+        values = { open = "Qualification", won = "Closed Won", lost = "Closed Lost" }
+
+        [[sync.entities.deals.fields]]
+        local = "amount_cents"
+        zoho = "Amount"
+        to_zoho_formula = "amount_cents / 100"
+        from_zoho_formula = "round(Amount * 100)"
+
+        [[sync.entities.deals.fields]]
+        local = "probability"
+        zoho = "Probability"
+        direction = "from_zoho"
+
+        [[sync.entities.deals.fields]]
+        local = "owner_name"
+        direction = "from_zoho"
+        from_zoho_formula = "Owner.name"
+
+        [[sync.entities.deals.fields]]
+        zoho = "Rating"
+        direction = "to_zoho"
+        to_zoho_when = "amount_cents >= 10000000"
+        to_zoho_formula = '"Hot"'
+
+        [[sync.entities.deals.fields]]
+        zoho = "Rating"
+        direction = "to_zoho"
+        to_zoho_formula = 'if(amount_cents > 0, "Warm", "Cold")'
+    "#;
+
+    // -- defaults and pass-through ------------------------------------------
+
+    #[test]
+    fn no_configuration_syncs_the_four_default_entities_with_their_modules() {
+        let m = parse("[sync.entities]").validate().unwrap();
+        let names: Vec<(&str, &str)> = m.iter().map(|e| (e.name(), e.module())).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("accounts", "Accounts"),
+                ("contacts", "Contacts"),
+                ("deals", "Deals"),
+                ("leads", "Leads"),
+            ]
+        );
+        let deals = m.entity("deals").unwrap();
+        assert_eq!(deals.schedule(), Schedule::Realtime);
+        assert_eq!(deals.direction(), Direction::Both);
+        assert_eq!(m.by_module("Leads").unwrap().name(), "leads");
+    }
+
+    #[test]
+    fn with_no_mapping_every_field_keeps_its_name_both_ways() {
+        let leads = mappings("[sync.entities]").entity("leads").unwrap().clone();
+        let fields =
+            record(json!({ "Last_Name": "Boyle", "Email": "p@z.com", "No_of_Employees": 12 }));
+        assert_eq!(leads.to_zoho(&fields).unwrap(), fields);
+        assert_eq!(leads.from_zoho(&fields).unwrap(), fields);
+    }
+
+    #[test]
+    fn configuring_one_entity_keeps_the_other_defaults() {
+        let m = mappings(
+            r#"
+            [sync.entities.deals]
+            schedule = "hourly"
+            [sync.entities.tickets]
+            module = "Cases"
+            direction = "from_zoho"
+            schedule = "manual"
+            "#,
+        );
+        assert_eq!(m.iter().count(), 5);
+        assert_eq!(m.entity("deals").unwrap().schedule(), Schedule::Hourly);
+        let tickets = m.entity("tickets").unwrap();
+        assert_eq!(tickets.module(), "Cases");
+        assert_eq!(tickets.schedule(), Schedule::Manual);
+        assert!(!tickets.crosses(Flow::ToZoho) && tickets.crosses(Flow::FromZoho));
+    }
+
+    #[test]
+    fn every_schedule_parses() {
+        for (name, schedule) in [
+            ("realtime", Schedule::Realtime),
+            ("hourly", Schedule::Hourly),
+            ("daily", Schedule::Daily),
+            ("manual", Schedule::Manual),
+        ] {
+            let m = deals(&format!("[sync.entities.deals]\nschedule = \"{name}\""));
+            assert_eq!(m.schedule(), schedule);
+        }
+    }
+
+    #[test]
+    fn identity_metadata_and_system_fields_do_not_pass_through() {
+        let m = deals("[sync.entities]");
+        let zoho = record(json!({
+            "id": "5725767000000524157",
+            "Deal_Name": "Big one",
+            "$approval_state": "approved",
+            "Modified_Time": "2023-05-10T01:10:47-07:00",
+        }));
+        assert_eq!(
+            m.from_zoho(&zoho).unwrap(),
+            record(json!({ "Deal_Name": "Big one", "Modified_Time": "2023-05-10T01:10:47-07:00" }))
+        );
+        let local = record(json!({
+            "id": "d1",
+            "Deal_Name": "Big one",
+            "Created_Time": "2023-05-10T01:10:47-07:00",
+            "Modified_By": { "id": "1" },
+        }));
+        assert_eq!(
+            m.to_zoho(&local).unwrap(),
+            record(json!({ "Deal_Name": "Big one" }))
+        );
+    }
+
+    #[test]
+    fn only_named_fields_drops_every_other_field_both_ways() {
+        let m = deals(
+            r#"
+            [sync.entities.deals]
+            only_named_fields = true
+            [[sync.entities.deals.fields]]
+            local = "name"
+            zoho = "Deal_Name"
+            "#,
+        );
+        let local = record(json!({ "name": "A", "notes": "n" }));
+        assert_eq!(
+            m.to_zoho(&local).unwrap(),
+            record(json!({ "Deal_Name": "A" }))
+        );
+        let zoho = record(json!({ "Deal_Name": "A", "Description": "d" }));
+        assert_eq!(m.from_zoho(&zoho).unwrap(), record(json!({ "name": "A" })));
+    }
+
+    #[test]
+    fn an_excluded_field_does_not_pass_through_either_way() {
+        let m = deals(DEALS);
+        let local = record(json!({ "internal_notes": "secret", "Description": "d" }));
+        assert_eq!(
+            m.to_zoho(&local).unwrap(),
+            record(json!({ "Description": "d" }))
+        );
+        assert_eq!(
+            m.from_zoho(&local).unwrap(),
+            record(json!({ "Description": "d" }))
+        );
+    }
+
+    // -- renames and directions ---------------------------------------------
+
+    #[test]
+    fn a_rename_crosses_under_the_zoho_name_and_comes_back_under_the_local_name() {
+        let m = deals(DEALS);
+        assert_eq!(
+            m.to_zoho(&record(json!({ "name": "Big one" }))).unwrap(),
+            record(json!({ "Deal_Name": "Big one" }))
+        );
+        assert_eq!(
+            m.from_zoho(&record(json!({ "Deal_Name": "Big one" })))
+                .unwrap(),
+            record(json!({ "name": "Big one" }))
+        );
+    }
+
+    #[test]
+    fn a_renamed_field_does_not_also_pass_through_under_its_other_name() {
+        let m = deals(DEALS);
+        // A stray local `Deal_Name` must not clobber or duplicate the mapped one.
+        let local = record(json!({ "Deal_Name": "stray" }));
+        assert_eq!(m.to_zoho(&local).unwrap(), Record::new());
+        let zoho = record(json!({ "name": "stray" }));
+        assert_eq!(m.from_zoho(&zoho).unwrap(), Record::new());
+    }
+
+    #[test]
+    fn a_from_zoho_field_is_received_but_never_sent() {
+        let m = deals(DEALS);
+        assert_eq!(
+            m.from_zoho(&record(json!({ "Probability": 60 }))).unwrap(),
+            record(json!({ "probability": 60 }))
+        );
+        assert_eq!(
+            m.to_zoho(&record(json!({ "probability": 60 }))).unwrap(),
+            Record::new()
+        );
+        assert_eq!(
+            m.to_zoho(&record(json!({ "Probability": 60 }))).unwrap(),
+            Record::new()
+        );
+    }
+
+    #[test]
+    fn a_to_zoho_field_is_sent_but_dropped_coming_back() {
+        let m = deals(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "source"
+            zoho = "Lead_Source"
+            direction = "to_zoho"
+            "#,
+        );
+        assert_eq!(
+            m.to_zoho(&record(json!({ "source": "web" }))).unwrap(),
+            record(json!({ "Lead_Source": "web" }))
+        );
+        assert_eq!(
+            m.from_zoho(&record(json!({ "Lead_Source": "web" })))
+                .unwrap(),
+            Record::new()
+        );
+    }
+
+    #[test]
+    fn an_entity_that_only_sends_takes_nothing_from_zoho() {
+        let m = deals(
+            r#"
+            [sync.entities.deals]
+            direction = "to_zoho"
+            "#,
+        );
+        let fields = record(json!({ "Deal_Name": "A" }));
+        assert_eq!(m.to_zoho(&fields).unwrap(), fields);
+        assert_eq!(m.from_zoho(&fields).unwrap(), Record::new());
+        assert_eq!(m.local_name_of("Deal_Name"), None);
+        assert!(!m.passes_filters(Flow::FromZoho, &fields));
+    }
+
+    #[test]
+    fn an_entity_that_only_receives_sends_nothing_to_zoho() {
+        let m = deals(
+            r#"
+            [sync.entities.deals]
+            direction = "from_zoho"
+            "#,
+        );
+        let fields = record(json!({ "Deal_Name": "A" }));
+        assert_eq!(m.to_zoho(&fields).unwrap(), Record::new());
+        assert_eq!(m.from_zoho(&fields).unwrap(), fields);
+    }
+
+    // -- value maps -----------------------------------------------------------
+
+    #[test]
+    fn a_value_map_translates_status_to_stage_and_back() {
+        let m = deals(DEALS);
+        for (local, zoho) in [
+            ("open", "Qualification"),
+            ("won", "Closed Won"),
+            ("lost", "Closed Lost"),
+        ] {
+            assert_eq!(
+                m.to_zoho(&record(json!({ "status": local }))).unwrap(),
+                record(json!({ "Stage": zoho }))
+            );
+            assert_eq!(
+                m.from_zoho(&record(json!({ "Stage": zoho }))).unwrap(),
+                record(json!({ "status": local }))
+            );
+        }
+    }
+
+    #[test]
+    fn values_from_zoho_maps_several_stages_to_one_status() {
+        let m = deals(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "status"
+            zoho = "Stage"
+            values = { open = "Qualification", won = "Closed Won" }
+            values_from_zoho = { "Qualification" = "open", "Needs Analysis" = "open", "Closed Won" = "won" }
+            "#,
+        );
+        assert_eq!(
+            m.from_zoho(&record(json!({ "Stage": "Needs Analysis" })))
+                .unwrap(),
+            record(json!({ "status": "open" }))
+        );
+        assert_eq!(
+            m.to_zoho(&record(json!({ "status": "open" }))).unwrap(),
+            record(json!({ "Stage": "Qualification" }))
+        );
+    }
+
+    #[test]
+    fn an_unmapped_value_is_an_error_by_default_both_ways() {
+        let m = deals(DEALS);
+        let err = m
+            .to_zoho(&record(json!({ "status": "stalled" })))
+            .unwrap_err();
+        assert_eq!(
+            err,
+            TransformError::UnmappedValue {
+                entity: "deals".into(),
+                field: "status".into(),
+                value: json!("stalled"),
+                flow: Flow::ToZoho,
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "deals: value \"stalled\" of `status` is not in its value map to Zoho"
+        );
+        let err = m
+            .from_zoho(&record(json!({ "Stage": "Negotiation" })))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            TransformError::UnmappedValue {
+                flow: Flow::FromZoho,
+                ..
+            }
+        ));
+        // A value of another kind is unmapped too.
+        assert!(m.to_zoho(&record(json!({ "status": 3 }))).is_err());
+    }
+
+    #[test]
+    fn an_unmapped_value_passes_through_when_configured() {
+        let m = deals(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "status"
+            zoho = "Stage"
+            values = { open = "Qualification" }
+            unmapped_value = "pass"
+            "#,
+        );
+        assert_eq!(
+            m.to_zoho(&record(json!({ "status": "stalled" }))).unwrap(),
+            record(json!({ "Stage": "stalled" }))
+        );
+        assert_eq!(
+            m.from_zoho(&record(json!({ "Stage": "Negotiation" })))
+                .unwrap(),
+            record(json!({ "status": "Negotiation" }))
+        );
+    }
+
+    #[test]
+    fn null_crosses_a_value_map_as_null() {
+        let m = deals(DEALS);
+        assert_eq!(
+            m.to_zoho(&record(json!({ "status": null }))).unwrap(),
+            record(json!({ "Stage": null }))
+        );
+    }
+
+    #[test]
+    fn a_field_absent_from_the_record_does_not_cross() {
+        let m = deals(DEALS);
+        assert_eq!(m.to_zoho(&Record::new()).unwrap(), Record::new());
+        assert_eq!(m.from_zoho(&Record::new()).unwrap(), Record::new());
+    }
+
+    // -- formulas -------------------------------------------------------------
+
+    #[test]
+    fn a_number_formula_computes_the_value_each_way() {
+        let m = deals(DEALS);
+        let zoho = m
+            .to_zoho(&record(json!({ "amount_cents": 12345 })))
+            .unwrap();
+        assert_eq!(zoho["Amount"], json!(123.45));
+        let local = m.from_zoho(&record(json!({ "Amount": 123.45 }))).unwrap();
+        assert_eq!(local, record(json!({ "amount_cents": 12345 })));
+        // A whole result leaves as an integer.
+        let zoho = m.to_zoho(&record(json!({ "amount_cents": 500 }))).unwrap();
+        assert_eq!(zoho["Amount"], json!(5));
+        assert!(zoho["Amount"].is_i64());
+    }
+
+    #[test]
+    fn a_string_formula_builds_text_from_several_fields() {
+        let m = mappings(
+            r#"
+            [[sync.entities.contacts.fields]]
+            zoho = "Full_Name"
+            direction = "to_zoho"
+            to_zoho_formula = 'first + " " + str::to_uppercase(last)'
+
+            [[sync.entities.contacts.fields]]
+            local = "email"
+            zoho = "Email"
+            from_zoho_formula = "str::to_lowercase(Email)"
+            "#,
+        );
+        let contacts = m.entity("contacts").unwrap();
+        let zoho = contacts
+            .to_zoho(&record(
+                json!({ "first": "Ada", "last": "Lovelace", "email": "a@x.io" }),
+            ))
+            .unwrap();
+        assert_eq!(
+            zoho,
+            record(json!({
+                "Full_Name": "Ada LOVELACE",
+                "Email": "a@x.io",
+                "first": "Ada",
+                "last": "Lovelace",
+            }))
+        );
+        let local = contacts
+            .from_zoho(&record(json!({ "Email": "A@X.IO" })))
+            .unwrap();
+        assert_eq!(local, record(json!({ "email": "a@x.io" })));
+    }
+
+    #[test]
+    fn a_formula_with_an_absent_input_leaves_its_target_out() {
+        let m = deals(DEALS);
+        let zoho = m.to_zoho(&record(json!({ "name": "A" }))).unwrap();
+        assert!(!zoho.contains_key("Amount"));
+    }
+
+    #[test]
+    fn a_formula_with_a_null_input_gives_null() {
+        let m = deals(DEALS);
+        let zoho = m.to_zoho(&record(json!({ "amount_cents": null }))).unwrap();
+        assert_eq!(zoho["Amount"], Value::Null);
+    }
+
+    #[test]
+    fn a_formula_reads_a_zoho_lookup_with_a_dotted_name() {
+        let m = deals(DEALS);
+        let local = m
+            .from_zoho(&record(
+                json!({ "Owner": { "id": "1", "name": "Patricia Boyle" } }),
+            ))
+            .unwrap();
+        assert_eq!(local["owner_name"], json!("Patricia Boyle"));
+        // `Owner` is read by a formula but not named, so it passes through too.
+        assert!(local.contains_key("Owner"));
+    }
+
+    #[test]
+    fn a_formula_that_fails_on_real_data_is_an_error_naming_entity_and_target() {
+        let m = deals(DEALS);
+        let err = m
+            .to_zoho(&record(json!({ "amount_cents": "lots" })))
+            .unwrap_err();
+        let TransformError::Expression {
+            entity,
+            target,
+            flow,
+            expression,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(
+            (entity.as_str(), target.as_str(), *flow, expression.as_str()),
+            ("deals", "Amount", Flow::ToZoho, "amount_cents / 100")
+        );
+    }
+
+    #[test]
+    fn a_formula_that_divides_by_zero_is_an_error_not_infinity() {
+        let m = deals(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "ratio"
+            zoho = "Ratio"
+            to_zoho_formula = "ratio / 0"
+            "#,
+        );
+        assert!(m.to_zoho(&record(json!({ "ratio": 1.5 }))).is_err());
+    }
+
+    // -- conditional mappings -------------------------------------------------
+
+    #[test]
+    fn a_conditional_mapping_applies_only_while_its_condition_holds() {
+        let m = deals(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "discount"
+            zoho = "Discount"
+            to_zoho_when = 'status == "won"'
+            from_zoho_when = "Discount > 0"
+            "#,
+        );
+        let on = record(json!({ "status": "won", "discount": 10 }));
+        let off = record(json!({ "status": "open", "discount": 10 }));
+        assert_eq!(m.to_zoho(&on).unwrap()["Discount"], json!(10));
+        assert!(!m.to_zoho(&off).unwrap().contains_key("Discount"));
+        assert_eq!(
+            m.from_zoho(&record(json!({ "Discount": 5 }))).unwrap(),
+            record(json!({ "discount": 5 }))
+        );
+        assert_eq!(
+            m.from_zoho(&record(json!({ "Discount": 0 }))).unwrap(),
+            Record::new()
+        );
+    }
+
+    #[test]
+    fn the_first_conditional_mapping_that_holds_wins_and_the_last_is_the_fallback() {
+        let m = deals(DEALS);
+        let big = m
+            .to_zoho(&record(json!({ "amount_cents": 20_000_000 })))
+            .unwrap();
+        assert_eq!(big["Rating"], json!("Hot"));
+        let small = m.to_zoho(&record(json!({ "amount_cents": 100 }))).unwrap();
+        assert_eq!(small["Rating"], json!("Warm"));
+        let zero = m.to_zoho(&record(json!({ "amount_cents": 0 }))).unwrap();
+        assert_eq!(zero["Rating"], json!("Cold"));
+        // The fields they read are absent: the condition is false and the
+        // fallback's formula has nothing to compute from.
+        let unknown = m.to_zoho(&record(json!({ "name": "A" }))).unwrap();
+        assert!(!unknown.contains_key("Rating"));
+        // Null input: the condition is false and the fallback gives null,
+        // rather than a failed sync.
+        let null = m.to_zoho(&record(json!({ "amount_cents": null }))).unwrap();
+        assert_eq!(null["Rating"], Value::Null);
+    }
+
+    #[test]
+    fn a_condition_that_gives_no_boolean_is_an_error() {
+        let m = deals(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "a"
+            zoho = "A"
+            to_zoho_when = "a + 1"
+            "#,
+        );
+        let err = m.to_zoho(&record(json!({ "a": 1 }))).unwrap_err();
+        assert!(err.to_string().contains("true or false"), "{err}");
+    }
+
+    // -- field-level information for deltas -----------------------------------
+
+    #[test]
+    fn a_delta_push_carries_only_the_zoho_fields_the_change_affects() {
+        let m = deals(DEALS);
+        let local = record(json!({
+            "name": "A",
+            "status": "won",
+            "amount_cents": 20_000_000,
+            "Description": "d",
+        }));
+        assert_eq!(
+            m.to_zoho_changed(&local, ["status"]).unwrap(),
+            record(json!({ "Stage": "Closed Won" }))
+        );
+        assert_eq!(
+            m.to_zoho_changed(&local, ["amount_cents", "Description"])
+                .unwrap(),
+            record(json!({ "Amount": 200000, "Rating": "Hot", "Description": "d" }))
+        );
+        assert_eq!(
+            m.to_zoho_changed(&local, ["probability"]).unwrap(),
+            Record::new()
+        );
+        assert_eq!(
+            m.zoho_fields_affected_by(["amount_cents", "internal_notes", "x"]),
+            BTreeSet::from(["Amount".to_owned(), "Rating".to_owned(), "x".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_delta_pull_carries_only_the_local_fields_the_change_affects() {
+        let m = deals(DEALS);
+        let zoho = record(json!({
+            "Deal_Name": "A",
+            "Stage": "Closed Lost",
+            "Owner": { "id": "1", "name": "P" },
+        }));
+        assert_eq!(
+            m.from_zoho_changed(&zoho, ["Owner"]).unwrap(),
+            record(json!({ "owner_name": "P", "Owner": { "id": "1", "name": "P" } }))
+        );
+        assert_eq!(
+            m.local_fields_affected_by(["Stage", "Deal_Name"]),
+            BTreeSet::from(["status".to_owned(), "name".to_owned()])
+        );
+    }
+
+    #[test]
+    fn name_lookups_follow_renames_directions_and_pass_through() {
+        let m = deals(DEALS);
+        assert_eq!(m.zoho_name_of("name"), Some("Deal_Name"));
+        assert_eq!(m.zoho_name_of("status"), Some("Stage"));
+        assert_eq!(m.zoho_name_of("amount_cents"), Some("Amount"));
+        assert_eq!(m.zoho_name_of("probability"), None, "from_zoho only");
+        assert_eq!(m.zoho_name_of("internal_notes"), None, "excluded");
+        assert_eq!(m.zoho_name_of("Description"), Some("Description"));
+        assert_eq!(m.zoho_name_of("Modified_Time"), None, "system field");
+        assert_eq!(m.local_name_of("Deal_Name"), Some("name"));
+        assert_eq!(m.local_name_of("Probability"), Some("probability"));
+        assert_eq!(m.local_name_of("Rating"), None, "to_zoho only");
+        assert_eq!(m.local_name_of("name"), None, "claimed by a rename");
+        assert_eq!(m.local_name_of("$approval_state"), None);
+    }
+
+    #[test]
+    fn the_fields_to_request_are_what_the_mapping_reads_and_writes() {
+        let m = deals(DEALS);
+        assert_eq!(
+            m.zoho_fields_to_request(["Description", "name", "internal_notes"]),
+            vec![
+                "Amount",
+                "Deal_Name",
+                "Description",
+                "Owner",
+                "Owner.name",
+                "Probability",
+                "Rating",
+                "Stage",
+            ]
+        );
+    }
+
+    #[test]
+    fn filters_see_the_local_shape_in_both_directions() {
+        let m = deals(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "status"
+            zoho = "Stage"
+            values = { open = "Qualification", lost = "Closed Lost" }
+
+            [[sync.entities.deals.filters]]
+            conditions = [{ field = "status", op = "not_equals", value = "lost" }]
+            "#,
+        );
+        let lost = m
+            .from_zoho(&record(json!({ "Stage": "Closed Lost" })))
+            .unwrap();
+        assert!(!m.passes_filters(Flow::FromZoho, &lost));
+        assert!(!m.passes_filters(Flow::ToZoho, &record(json!({ "status": "lost" }))));
+        assert!(m.passes_filters(Flow::ToZoho, &record(json!({ "status": "open" }))));
+    }
+
+    // -- round trip -----------------------------------------------------------
+
+    const ONE_TO_ONE: &str = r#"
+        [[sync.entities.deals.fields]]
+        local = "name"
+        zoho = "Deal_Name"
+
+        [[sync.entities.deals.fields]]
+        local = "status"
+        zoho = "Stage"
+        values = { open = "Qualification", won = "Closed Won", lost = "Closed Lost" }
+
+        [[sync.entities.deals.fields]]
+        local = "closes_on"
+        zoho = "Closing_Date"
+    "#;
+
+    #[test]
+    fn local_to_zoho_to_local_is_the_identity_for_a_one_to_one_mapping() {
+        let m = deals(ONE_TO_ONE);
+        let local = record(json!({
+            "name": "Big one",
+            "status": "won",
+            "closes_on": "2026-12-31",
+            "Description": "passes through",
+            "tags": ["a", "b"],
+            "seats": 12,
+        }));
+        let zoho = m.to_zoho(&local).unwrap();
+        assert_ne!(zoho, local);
+        assert_eq!(m.from_zoho(&zoho).unwrap(), local);
+    }
+
+    mod round_trip {
+        use proptest::prelude::*;
+        use proptest::sample::select;
+
+        use super::*;
+
+        fn scalar() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                select(vec!["", "x", "Closed Won", "é ü", "2026-01-01T00:00:00Z"])
+                    .prop_map(Value::from),
+            ]
+        }
+
+        fn local_record() -> impl Strategy<Value = Record> {
+            let pass_through = proptest::collection::btree_map(
+                select(vec!["Description", "seats", "Email", "tags", "Lead_Source"]),
+                scalar(),
+                0..5,
+            );
+            let status = proptest::option::of(prop_oneof![
+                Just(Value::Null),
+                select(vec!["open", "won", "lost"]).prop_map(Value::from),
+            ]);
+            (
+                pass_through,
+                proptest::option::of(scalar()),
+                status,
+                proptest::option::of(scalar()),
+            )
+                .prop_map(|(rest, name, status, closes_on)| {
+                    let mut r: Record = rest.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                    let named = [("name", name), ("status", status), ("closes_on", closes_on)];
+                    for (k, v) in named {
+                        if let Some(v) = v {
+                            r.insert(k.to_owned(), v);
+                        }
+                    }
+                    r
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn local_to_zoho_to_local_is_the_identity(local in local_record()) {
+                let m = deals(ONE_TO_ONE);
+                let zoho = m.to_zoho(&local).unwrap();
+                prop_assert_eq!(m.from_zoho(&zoho).unwrap(), local);
+            }
+
+            #[test]
+            fn a_delta_of_every_field_is_the_whole_transform(local in local_record()) {
+                let m = deals(DEALS_NO_STATUS);
+                let keys: Vec<String> = local.keys().cloned().collect();
+                let whole = m.to_zoho(&local).unwrap();
+                let delta = m.to_zoho_changed(&local, &keys).unwrap();
+                // Rating's fallback reads nothing, so only a full push carries it.
+                let mut whole = whole;
+                if !keys.iter().any(|k| k == "amount_cents") {
+                    whole.remove("Rating");
+                }
+                prop_assert_eq!(delta, whole);
+            }
+        }
+
+        /// `DEALS` without the value map, so any generated status maps.
+        const DEALS_NO_STATUS: &str = r#"
+            [[sync.entities.deals.fields]]
+            local = "name"
+            zoho = "Deal_Name"
+
+            [[sync.entities.deals.fields]]
+            zoho = "Rating"
+            direction = "to_zoho"
+            to_zoho_when = "amount_cents >= 10000000"
+            to_zoho_formula = '"Hot"'
+
+            [[sync.entities.deals.fields]]
+            zoho = "Rating"
+            direction = "to_zoho"
+            to_zoho_formula = '"Warm"'
+        "#;
+    }
+
+    // -- validation -----------------------------------------------------------
+
+    #[test]
+    fn the_example_in_the_module_docs_is_valid() {
+        let docs = include_str!("mapping.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let m = deals(&docs);
+        assert_eq!(m.module(), "Deals");
+        assert_eq!(
+            m.to_zoho(&record(json!({ "status": "won" }))).unwrap()["Stage"],
+            json!("Closed Won")
+        );
+    }
+
+    #[test]
+    fn the_configuration_serializes_back_to_the_same_toml() {
+        let config = parse(DEALS);
+        let text = toml::to_string(&config).unwrap();
+        let again: EntitiesConfig = toml::from_str(&text).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_when_parsing() {
+        let err = toml::from_str::<Root>(
+            r#"
+            [sync.entities.deals]
+            modul = "Deals"
+            "#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("modul"), "{err}");
+        let err = toml::from_str::<Root>(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "a"
+            zoho = "A"
+            formula = "a"
+            "#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("formula"), "{err}");
+    }
+
+    #[test]
+    fn unknown_directions_schedules_and_policies_are_refused_naming_entity_and_field() {
+        let problems = problems(
+            r#"
+            [sync.entities.deals]
+            direction = "two_way"
+            schedule = "weekly"
+
+            [[sync.entities.deals.fields]]
+            local = "status"
+            zoho = "Stage"
+            direction = "up"
+            values = { open = "Qualification" }
+            unmapped_value = "ignore"
+            "#,
+        );
+        let messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            vec![
+                "sync.entities.deals: unknown schedule `weekly` (expected one of: realtime, hourly, daily, manual)",
+                "sync.entities.deals: unknown direction `two_way` (expected one of: both, to_zoho, from_zoho)",
+                "sync.entities.deals.fields[0] (local `status`, zoho `Stage`): unknown direction `up` (expected one of: both, to_zoho, from_zoho)",
+                "sync.entities.deals.fields[0] (local `status`, zoho `Stage`): unknown unmapped_value `ignore` (expected one of: error, pass)",
+            ]
+        );
+        let error = MappingConfigError { problems };
+        assert!(
+            error
+                .to_string()
+                .starts_with("invalid sync mapping configuration:\n  - ")
+        );
+    }
+
+    #[test]
+    fn an_entity_without_a_default_needs_a_module() {
+        assert_eq!(
+            kinds("[sync.entities.tickets]\nschedule = \"daily\""),
+            vec![ProblemKind::MissingModule]
+        );
+        assert_eq!(
+            kinds("[sync.entities.deals]\nmodule = \" \""),
+            vec![ProblemKind::EmptyName { key: "module" }]
+        );
+    }
+
+    #[test]
+    fn two_entities_cannot_sync_with_one_module() {
+        let kinds = kinds("[sync.entities.opportunities]\nmodule = \"Deals\"");
+        assert!(
+            matches!(&kinds[..], [ProblemKind::DuplicateModule { .. }]),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn an_expression_that_does_not_parse_is_refused() {
+        let problems = problems(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "amount_cents"
+            zoho = "Amount"
+            to_zoho_formula = "amount_cents / (100"
+            "#,
+        );
+        assert_eq!(problems.len(), 1);
+        let message = problems[0].to_string();
+        assert!(
+            message.starts_with(
+                "sync.entities.deals.fields[0] (local `amount_cents`, zoho `Amount`): \
+                 `to_zoho_formula` = `amount_cents / (100` does not parse"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_formula_that_assigns_is_refused_with_a_hint() {
+        let kinds = kinds(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "amount_cents"
+            zoho = "Amount"
+            to_zoho_formula = "Amount = amount_cents / 100"
+            "#,
+        );
+        assert_eq!(
+            kinds,
+            vec![ProblemKind::Assignment {
+                key: "to_zoho_formula",
+                expression: "Amount = amount_cents / 100".into(),
+                variable: "Amount".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_function_is_refused_at_start() {
+        let kinds = kinds(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "a"
+            zoho = "A"
+            from_zoho_when = "str::to_upper(A) == \"X\""
+            "#,
+        );
+        assert!(
+            matches!(&kinds[..], [ProblemKind::UnknownFunction { function, .. }] if function == "str::to_upper"),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn a_value_map_used_both_ways_must_be_one_to_one() {
+        let many_to_one = r#"
+            [[sync.entities.deals.fields]]
+            local = "status"
+            zoho = "Stage"
+            values = { open = "Qualification", new = "Qualification" }
+        "#;
+        assert_eq!(
+            kinds(many_to_one),
+            vec![ProblemKind::NotOneToOne {
+                zoho: "Qualification".into(),
+                first: "new".into(),
+                second: "open".into(),
+            }]
+        );
+        // Fine one way only, or with the way back given.
+        deals(&format!("{many_to_one}direction = \"to_zoho\""));
+        deals(&format!(
+            "{many_to_one}values_from_zoho = {{ \"Qualification\" = \"open\" }}"
+        ));
+    }
+
+    #[test]
+    fn a_target_set_twice_without_a_condition_is_refused() {
+        let problems = problems(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "name"
+            zoho = "Deal_Name"
+
+            [[sync.entities.deals.fields]]
+            local = "title"
+            zoho = "Deal_Name"
+            "#,
+        );
+        // Both ways: two fields set Deal_Name in Zoho; coming back they have
+        // different local targets, so that way is fine.
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            problems[0].to_string(),
+            "sync.entities.deals.fields[1] (local `title`, zoho `Deal_Name`): `Deal_Name` is \
+             already the target to Zoho of fields[0], which has no `to_zoho_when`; only the \
+             last mapping of a target may be unconditional"
+        );
+    }
+
+    #[test]
+    fn an_unconditional_mapping_before_a_conditional_one_is_refused() {
+        let kinds = kinds(
+            r#"
+            [[sync.entities.deals.fields]]
+            zoho = "Rating"
+            direction = "to_zoho"
+            to_zoho_formula = '"Warm"'
+
+            [[sync.entities.deals.fields]]
+            zoho = "Rating"
+            direction = "to_zoho"
+            to_zoho_when = "amount_cents > 1"
+            to_zoho_formula = '"Hot"'
+            "#,
+        );
+        assert!(
+            matches!(&kinds[..], [ProblemKind::DuplicateTarget { .. }]),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn two_local_fields_from_one_zoho_field_are_refused() {
+        let kinds = kinds(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "a"
+            zoho = "A"
+            direction = "from_zoho"
+
+            [[sync.entities.deals.fields]]
+            local = "a"
+            zoho = "B"
+            direction = "from_zoho"
+            "#,
+        );
+        assert!(
+            matches!(
+                &kinds[..],
+                [ProblemKind::DuplicateTarget {
+                    flow: Flow::FromZoho,
+                    ..
+                }]
+            ),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn a_formula_and_a_value_map_for_one_direction_are_refused() {
+        let kinds = kinds(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "status"
+            zoho = "Stage"
+            direction = "to_zoho"
+            values = { open = "Qualification" }
+            to_zoho_formula = "status"
+            "#,
+        );
+        assert_eq!(
+            kinds,
+            vec![ProblemKind::FormulaAndValueMap {
+                key: "to_zoho_formula",
+                flow: Flow::ToZoho,
+            }]
+        );
+    }
+
+    #[test]
+    fn settings_for_a_direction_the_field_never_takes_are_refused() {
+        let kinds = kinds(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "p"
+            zoho = "P"
+            direction = "from_zoho"
+            to_zoho_formula = "p * 2"
+            to_zoho_when = "p > 1"
+            "#,
+        );
+        assert_eq!(
+            kinds,
+            vec![
+                ProblemKind::Unused {
+                    key: "to_zoho_formula",
+                    flow: Flow::ToZoho,
+                },
+                ProblemKind::Unused {
+                    key: "to_zoho_when",
+                    flow: Flow::ToZoho,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_field_direction_the_entity_never_syncs_is_refused() {
+        let kinds = kinds(
+            r#"
+            [sync.entities.deals]
+            direction = "to_zoho"
+            [[sync.entities.deals.fields]]
+            local = "p"
+            zoho = "P"
+            direction = "from_zoho"
+            "#,
+        );
+        assert_eq!(
+            kinds,
+            vec![ProblemKind::NeverApplies {
+                what: "field",
+                direction: "from_zoho",
+                entity_direction: "to_zoho",
+            }]
+        );
+    }
+
+    #[test]
+    fn a_field_without_a_target_or_source_is_refused() {
+        let kinds = kinds(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "a"
+
+            [[sync.entities.deals.fields]]
+            zoho = "B"
+            direction = "to_zoho"
+
+            [[sync.entities.deals.fields]]
+            direction = "to_zoho"
+            "#,
+        );
+        assert!(
+            matches!(
+                &kinds[..],
+                [
+                    // `local` alone: no Zoho target, and nothing to read from Zoho.
+                    ProblemKind::Missing {
+                        flow: Flow::ToZoho,
+                        ..
+                    },
+                    ProblemKind::Missing {
+                        flow: Flow::FromZoho,
+                        ..
+                    },
+                    ProblemKind::Missing {
+                        flow: Flow::ToZoho,
+                        ..
+                    },
+                    ProblemKind::NoNames,
+                    ProblemKind::Missing {
+                        flow: Flow::ToZoho,
+                        ..
+                    },
+                ]
+            ),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn unmapped_value_without_a_value_map_is_refused() {
+        let kinds = kinds(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "a"
+            zoho = "A"
+            unmapped_value = "pass"
+            "#,
+        );
+        assert_eq!(kinds, vec![ProblemKind::UnmappedWithoutMap]);
+    }
+
+    #[test]
+    fn a_field_both_excluded_and_mapped_is_refused() {
+        let kinds = kinds(
+            r#"
+            [sync.entities.deals]
+            exclude = ["Stage"]
+            [[sync.entities.deals.fields]]
+            local = "status"
+            zoho = "Stage"
+            "#,
+        );
+        assert_eq!(
+            kinds,
+            vec![ProblemKind::ExcludedAndMapped {
+                name: "Stage".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn every_problem_in_every_entity_is_reported_at_once() {
+        let problems = problems(
+            r#"
+            [sync.entities.deals]
+            schedule = "weekly"
+            [[sync.entities.deals.filters]]
+            conditions = [{ field = "a", op = "like", value = 1 }]
+
+            [sync.entities.leads]
+            direction = "none"
+            [[sync.entities.leads.fields]]
+            local = "x"
+            zoho = "X"
+            to_zoho_formula = "(x"
+            "#,
+        );
+        let entities: Vec<&str> = problems.iter().map(|p| p.entity.as_str()).collect();
+        assert_eq!(entities, vec!["deals", "deals", "leads", "leads"]);
+    }
 }
