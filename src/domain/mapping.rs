@@ -550,6 +550,16 @@ impl Expr {
                 return None;
             }
         };
+        // evalexpr builds a tree for `x +` or an empty text and only fails
+        // when evaluating it; catch that here, before any record meets it.
+        if let Some(message) = incomplete(&node) {
+            fail(ProblemKind::BadExpression {
+                key,
+                expression: text.to_owned(),
+                message,
+            });
+            return None;
+        }
         if let Some(variable) = node.iter_write_variable_identifiers().next() {
             fail(ProblemKind::Assignment {
                 key,
@@ -599,6 +609,36 @@ impl Expr {
             Err(e) => Outcome::Failed(e.to_string()),
         }
     }
+}
+
+/// Why a parsed tree cannot evaluate whatever the record holds, if it cannot.
+fn incomplete(node: &Node) -> Option<String> {
+    use evalexpr::Operator as Op;
+    let wanted = match node.operator() {
+        Op::RootNode if node.children().is_empty() => return Some("it is empty".to_owned()),
+        Op::Add
+        | Op::Sub
+        | Op::Mul
+        | Op::Div
+        | Op::Mod
+        | Op::Exp
+        | Op::Eq
+        | Op::Neq
+        | Op::Gt
+        | Op::Lt
+        | Op::Geq
+        | Op::Leq
+        | Op::And
+        | Op::Or => Some(2),
+        Op::Not | Op::Neg | Op::FunctionIdentifier { .. } => Some(1),
+        _ => None,
+    };
+    if let Some(wanted) = wanted
+        && node.children().len() != wanted
+    {
+        return Some(format!("`{}` is missing an operand", node.operator()));
+    }
+    node.children().iter().find_map(incomplete)
 }
 
 /// A field by name, or a dotted path into a Zoho lookup object (`Owner.name`).
@@ -2406,6 +2446,19 @@ mod tests {
             ),
             "{message}"
         );
+    }
+
+    #[test]
+    fn an_incomplete_or_empty_expression_is_refused() {
+        for text in ["amount_cents +", "", "-", "!", "round()", "a * (b -)"] {
+            let kinds = kinds(&format!(
+                "[[sync.entities.deals.fields]]\nlocal = \"a\"\nzoho = \"A\"\nto_zoho_formula = \"{text}\""
+            ));
+            assert!(
+                matches!(&kinds[..], [ProblemKind::BadExpression { .. }]),
+                "{text:?}: {kinds:?}"
+            );
+        }
     }
 
     #[test]
