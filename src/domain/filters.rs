@@ -5,7 +5,8 @@
 //! a record crosses only when every filter that applies to the direction
 //! matches. That gives "(A and B) and (C or D)" without a nested grammar.
 //!
-//! Filters always speak local field names: going to Zoho they see the local
+//! Filters always speak local field names (a dotted name such as
+//! `owner.name` reads inside an object): going to Zoho they see the local
 //! record, coming from Zoho they see the record after the field mapping has
 //! turned it into the local shape (`EntityMapping::from_zoho`). One filter
 //! with `direction = "both"` can then guard both ways.
@@ -46,7 +47,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::mapping::{Direction, Flow, Place, Problem, ProblemKind, Record};
+use super::mapping::{Direction, Flow, Place, Problem, ProblemKind, Record, lookup};
 
 /// One filter as written in the configuration (see the module docs).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -123,7 +124,7 @@ impl Condition {
     /// Whether `record` satisfies this condition. Never fails: see the
     /// module docs for missing fields and mismatched kinds.
     pub fn matches(&self, record: &Record) -> bool {
-        let actual = record.get(&self.field).unwrap_or(&Value::Null);
+        let actual = lookup(record, &self.field).unwrap_or(&Value::Null);
         match self.op {
             Operator::Equals => equals(actual, &self.value),
             Operator::NotEquals => !equals(actual, &self.value),
@@ -449,6 +450,13 @@ mod tests {
         assert!(holds("not_equals", json!(true), json!(1)));
         let no_status = record(json!({ "name": "x" }));
         assert!(condition("status", "not_equals", json!("lost")).matches(&no_status));
+    }
+
+    #[test]
+    fn a_dotted_field_reads_inside_an_object() {
+        let deal = record(json!({ "Owner": { "name": "Patricia Boyle", "id": "1" } }));
+        assert!(condition("Owner.name", "contains", json!("Boyle")).matches(&deal));
+        assert!(!condition("Owner.email", "equals", json!("x")).matches(&deal));
     }
 
     #[test]

@@ -291,7 +291,8 @@ pub struct FieldConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direction: Option<String>,
     /// Local value -> Zoho value; inverted for the way back unless
-    /// `values_from_zoho` is given.
+    /// `values_from_zoho` is given. Maps match string values; null crosses
+    /// as null; any other value is unmapped (see `unmapped_value`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub values: Option<BTreeMap<String, String>>,
     /// Zoho value -> local value, when the way back is not the inverse.
@@ -642,7 +643,7 @@ fn incomplete(node: &Node) -> Option<String> {
 }
 
 /// A field by name, or a dotted path into a Zoho lookup object (`Owner.name`).
-fn lookup<'r>(record: &'r Record, name: &str) -> Option<&'r Value> {
+pub(crate) fn lookup<'r>(record: &'r Record, name: &str) -> Option<&'r Value> {
     if let Some(value) = record.get(name) {
         return Some(value);
     }
@@ -1035,6 +1036,9 @@ impl EntityMapping {
         local_fields: impl IntoIterator<Item = S>,
     ) -> Vec<String> {
         let mut out = self.from_zoho.reads();
+        // A dotted read (`Owner.name`) is a path into a field, not a field;
+        // its top-level field is among the reads already.
+        out.retain(|name| !name.contains('.'));
         if self.to_zoho.active {
             out.extend(self.to_zoho.targets.iter().map(|t| t.name.clone()));
         }
@@ -2174,7 +2178,6 @@ mod tests {
                 "Deal_Name",
                 "Description",
                 "Owner",
-                "Owner.name",
                 "Probability",
                 "Rating",
                 "Stage",
