@@ -62,6 +62,24 @@
 //! to_zoho_formula = '"Warm"'
 //! ```
 //!
+//! Selective sync filters sit beside the fields as
+//! `[[sync.entities.<entity>.filters]]`; `super::filters` shows their shape.
+//!
+//! How the sync uses it:
+//!
+//! ```text
+//! let mappings = config.sync.entities.validate()?;          // once, at start
+//! let deals = mappings.entity("deals").unwrap();            // or by_module("Deals")
+//! // push: the whole local record, and the names of the fields that changed
+//! if deals.passes_filters(Flow::ToZoho, &local) {
+//!     let body = deals.to_zoho_changed(&local, &changed)?;  // Zoho names and values
+//! }
+//! // pull: ask for deals.zoho_fields_to_request(known_local_fields), then
+//! let local = deals.from_zoho(&zoho)?;
+//! if deals.passes_filters(Flow::FromZoho, &local) { /* apply */ }
+//! // shadows: deals.zoho_name_of("status") == Some("Stage"), and back with local_name_of
+//! ```
+//!
 //! Expression rules (formulas and conditions):
 //! - every record number enters as a 64-bit float, so `amount_cents / 100`
 //!   is `123.45`, not evalexpr's integer division; a whole result within
