@@ -1418,6 +1418,13 @@ impl FieldConfig {
                     "values_from_zoho",
                     flow == Flow::FromZoho && self.values_from_zoho.is_some(),
                 ),
+                // `values` still serves the way back, unless that has its own map.
+                (
+                    "values",
+                    flow == Flow::ToZoho
+                        && self.values.is_some()
+                        && self.values_from_zoho.is_some(),
+                ),
             ];
             for (key, set) in unused {
                 if set {
@@ -2310,6 +2317,14 @@ mod tests {
             }
 
             #[test]
+            fn cents_to_amount_and_back_is_the_identity(cents in -1_000_000_000_000_i64..1_000_000_000_000) {
+                let m = deals(DEALS);
+                let local = record(json!({ "amount_cents": cents }));
+                let zoho = m.to_zoho(&local).unwrap();
+                prop_assert_eq!(m.from_zoho(&zoho).unwrap(), local);
+            }
+
+            #[test]
             fn a_delta_of_every_field_is_the_whole_transform(local in local_record()) {
                 let m = deals(DEALS_NO_STATUS);
                 let keys: Vec<String> = local.keys().cloned().collect();
@@ -2660,6 +2675,36 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn values_for_a_field_that_only_receives_and_has_its_own_way_back_are_refused() {
+        let kinds = kinds(
+            r#"
+            [[sync.entities.deals.fields]]
+            local = "status"
+            zoho = "Stage"
+            direction = "from_zoho"
+            values = { open = "Qualification" }
+            values_from_zoho = { "Qualification" = "open" }
+            "#,
+        );
+        assert_eq!(
+            kinds,
+            vec![ProblemKind::Unused {
+                key: "values",
+                flow: Flow::ToZoho,
+            }]
+        );
+    }
+
+    #[test]
+    fn validated_mappings_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<SyncMappings>();
+        shareable::<EntityMapping>();
+        shareable::<TransformError>();
+        shareable::<MappingConfigError>();
     }
 
     #[test]
