@@ -973,7 +973,9 @@ impl EntityMapping {
 
     /// Only the Zoho fields that `changed` local fields can affect, for a
     /// delta push. `local` must be the whole record: formulas and
-    /// conditions may read fields that did not change.
+    /// conditions may read fields that did not change. A field computed
+    /// from no field at all (a constant) never changes, so only `to_zoho`
+    /// (a create or a full push) carries it.
     pub fn to_zoho_changed<S: AsRef<str>>(
         &self,
         local: &Record,
@@ -2360,17 +2362,38 @@ mod tests {
 
     // -- validation -----------------------------------------------------------
 
-    #[test]
-    fn the_example_in_the_module_docs_is_valid() {
-        let docs = include_str!("mapping.rs")
+    /// The first TOML block of a module's `//!` docs.
+    fn doc_toml(source: &str) -> String {
+        source
             .lines()
             .skip_while(|l| !l.starts_with("//! ```toml"))
             .skip(1)
             .take_while(|l| !l.starts_with("//! ```"))
             .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
             .collect::<Vec<_>>()
-            .join("\n");
-        let m = deals(&docs);
+            .join("\n")
+    }
+
+    #[test]
+    fn the_example_in_the_filters_docs_is_valid() {
+        let m = deals(&doc_toml(include_str!("filters.rs")));
+        assert_eq!(m.filters().len(), 1);
+        let ok = record(json!({
+            "status": "open",
+            "amount_cents": 5,
+            "closes_at": "2026-06-01T00:00:00+02:00",
+            "region": "emea",
+        }));
+        assert!(m.passes_filters(Flow::ToZoho, &ok));
+        assert!(
+            m.passes_filters(Flow::FromZoho, &record(json!({}))),
+            "to_zoho only"
+        );
+    }
+
+    #[test]
+    fn the_example_in_the_module_docs_is_valid() {
+        let m = deals(&doc_toml(include_str!("mapping.rs")));
         assert_eq!(m.module(), "Deals");
         assert_eq!(
             m.to_zoho(&record(json!({ "status": "won" }))).unwrap()["Stage"],
