@@ -18,11 +18,13 @@
 //! - `api`: HTTP routes: the Centrifugo-compatible server API, health, readiness, metrics.
 //! - `metrics`: metric names and the Prometheus exporter.
 //! - `zoho`: the Zoho CRM v8 client and `zoho::sim`, the Zoho emulator.
+//! - `domain`: pure sync logic, no I/O: field mapping and selective sync filters.
 pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod config;
+pub mod domain;
 pub mod gateway;
 pub mod hub;
 pub mod metrics;
