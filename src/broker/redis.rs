@@ -478,6 +478,22 @@ impl RedisBroker {
     }
 }
 
+impl RedisBroker {
+    /// PUBLISHes a join (`__j__`) or leave (`__l__`) to every node.
+    async fn publish_presence_event(
+        &self,
+        channel: &ChannelKey,
+        tag: &[u8],
+        info: &ClientInfo,
+    ) -> Result<(), BrokerError> {
+        let cmd = redis::cmd("PUBLISH")
+            .arg(self.inner.keys.client_channel(channel))
+            .arg(prefixed(tag, info.encode_to_vec()))
+            .clone();
+        self.command::<i64>(&cmd).await.map(|_| ())
+    }
+}
+
 fn refuse(req: PubSubRequest) {
     let (PubSubRequest::Subscribe(_, reply) | PubSubRequest::Unsubscribe(_, reply)) = req;
     let _ = reply.send(Err(BrokerError::Unavailable("Redis is unreachable".into())));
@@ -637,11 +653,7 @@ impl Broker for RedisBroker {
         channel: &ChannelKey,
         info: ClientInfo,
     ) -> Result<(), BrokerError> {
-        let cmd = redis::cmd("PUBLISH")
-            .arg(self.inner.keys.client_channel(channel))
-            .arg(prefixed(b"__j__", info.encode_to_vec()))
-            .clone();
-        self.command::<i64>(&cmd).await.map(|_| ())
+        self.publish_presence_event(channel, b"__j__", &info).await
     }
 
     async fn publish_leave(
@@ -649,11 +661,7 @@ impl Broker for RedisBroker {
         channel: &ChannelKey,
         info: ClientInfo,
     ) -> Result<(), BrokerError> {
-        let cmd = redis::cmd("PUBLISH")
-            .arg(self.inner.keys.client_channel(channel))
-            .arg(prefixed(b"__l__", info.encode_to_vec()))
-            .clone();
-        self.command::<i64>(&cmd).await.map(|_| ())
+        self.publish_presence_event(channel, b"__l__", &info).await
     }
 
     async fn history(

@@ -507,6 +507,22 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// Queues a join or leave push on the subscribers that asked for them.
+    fn push_join_leave(&self, channel: &ChannelKey, push: Push) {
+        let mut cache = PushCache::new(Reply::push(push));
+        for s in self
+            .subscribers(channel)
+            .into_iter()
+            .filter(|s| s.join_leave)
+        {
+            if let Some(bytes) = cache.get(s.session.encoding, &s.session) {
+                let _ = s.session.send(bytes);
+            }
+        }
+    }
+}
+
 impl BrokerEventHandler for Hub {
     fn handle_resubscribed(&self) {
         // Publications may have been lost while the node was not subscribed:
@@ -541,37 +557,25 @@ impl BrokerEventHandler for Hub {
     }
 
     fn handle_join(&self, channel: &ChannelKey, info: ClientInfo) {
-        let mut cache = PushCache::new(Reply::push(Push {
-            channel: channel.name().to_owned(),
-            join: Some(Join { info: Some(info) }),
-            ..Default::default()
-        }));
-        for s in self
-            .subscribers(channel)
-            .into_iter()
-            .filter(|s| s.join_leave)
-        {
-            if let Some(bytes) = cache.get(s.session.encoding, &s.session) {
-                let _ = s.session.send(bytes);
-            }
-        }
+        self.push_join_leave(
+            channel,
+            Push {
+                channel: channel.name().to_owned(),
+                join: Some(Join { info: Some(info) }),
+                ..Default::default()
+            },
+        );
     }
 
     fn handle_leave(&self, channel: &ChannelKey, info: ClientInfo) {
-        let mut cache = PushCache::new(Reply::push(Push {
-            channel: channel.name().to_owned(),
-            leave: Some(Leave { info: Some(info) }),
-            ..Default::default()
-        }));
-        for s in self
-            .subscribers(channel)
-            .into_iter()
-            .filter(|s| s.join_leave)
-        {
-            if let Some(bytes) = cache.get(s.session.encoding, &s.session) {
-                let _ = s.session.send(bytes);
-            }
-        }
+        self.push_join_leave(
+            channel,
+            Push {
+                channel: channel.name().to_owned(),
+                leave: Some(Leave { info: Some(info) }),
+                ..Default::default()
+            },
+        );
     }
 
     fn handle_control(&self, message: ControlMessage) {
