@@ -15,12 +15,14 @@
 //! - `rpc`: the RPC method table behind the protocol's `rpc` command.
 //! - `api`: HTTP routes: the Centrifugo-compatible server API, health, readiness, metrics.
 //! - `metrics`: metric names and the Prometheus exporter.
+//! - `domain`: pure logic without I/O: the conflict engine (three-way field merge, strategies, severity).
 //! - `zoho`: the Zoho CRM v8 client and `zoho::sim`, the Zoho emulator.
 pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod config;
+pub mod domain;
 pub mod gateway;
 pub mod hub;
 pub mod metrics;
