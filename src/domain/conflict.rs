@@ -20,6 +20,9 @@ mod rules;
 mod severity;
 mod text;
 
+#[cfg(test)]
+mod props;
+
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
