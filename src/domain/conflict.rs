@@ -15,6 +15,20 @@
 //!
 //! Detection is never a whole-record compare (research/sync-locks.md §4.3:
 //! whole-record last-writer-wins is what makes Heroku Connect flip-flop).
+//!
+//! Choices the contract left open:
+//! - a field missing from `base` started as `null`; a field missing from a
+//!   side was not changed by it; numbers compare by value (`1` = `1.0`);
+//! - `last_write_wins` decides by time only when the two modification times
+//!   are more than the clock-skew tolerance apart; a tie, or an unknown
+//!   time, goes to the entity's `fallback` (default `manual`), because a
+//!   clock difference that small orders nothing;
+//! - `merge_text` sends overlapping hunks to review whatever the fallback
+//!   (DESIGN.md §3), and so does a value that is not text;
+//! - severity: see [`severity()`].
+//!
+//! Rules come from [`ConflictRules`] (`[conflicts.<entity>]` in the TOML
+//! configuration).
 
 mod rules;
 mod severity;
@@ -150,7 +164,7 @@ impl MergeOutcome {
         self.fields
             .iter()
             .filter(|(name, value)| {
-                !same(current.get(name.as_str()).unwrap_or(&Value::Null), value)
+                !same_value(current.get(name.as_str()).unwrap_or(&Value::Null), value)
             })
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect()
@@ -181,13 +195,13 @@ pub fn resolve(
         let b = base.get(name).unwrap_or(&Value::Null);
         let l = local.fields.get(name).unwrap_or(b);
         let r = remote.fields.get(name).unwrap_or(b);
-        let local_changed = !same(l, b);
-        let remote_changed = !same(r, b);
+        let local_changed = !same_value(l, b);
+        let remote_changed = !same_value(r, b);
         let taken = match (local_changed, remote_changed) {
             (false, false) => continue,
             (true, false) => l,
             (false, true) => r,
-            (true, true) if same(l, r) => l,
+            (true, true) if same_value(l, r) => l,
             (true, true) => {
                 let conflict = decide(rules, name, b, l, r, local, remote);
                 if let Some(value) = &conflict.value {
@@ -277,7 +291,7 @@ fn fall_back(fallback: Strategy, l: &Value, r: &Value) -> Decision {
 
 /// JSON equality where numbers compare by value, so `1` from one system and
 /// `1.0` from another are not a change.
-pub fn same(a: &Value, b: &Value) -> bool {
+pub fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
             if let (Some(x), Some(y)) = (x.as_i64(), y.as_i64()) {
@@ -289,10 +303,12 @@ pub fn same(a: &Value, b: &Value) -> bool {
             }
         }
         (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
         }
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
         }
         _ => a == b,
     }

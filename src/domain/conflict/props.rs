@@ -142,7 +142,7 @@ proptest! {
         for side in [&local, &remote] {
             for (name, v) in side {
                 let b = base.get(name).unwrap_or(&Value::Null);
-                if !same(v, b) {
+                if !same_value(v, b) {
                     prop_assert_eq!(out.fields.get(name), Some(v), "field {} lost", name);
                 }
             }
@@ -150,7 +150,7 @@ proptest! {
         // What each side must write brings both to the same record.
         let l2 = apply(&apply(&base, &local), &out.changes_against(&apply(&base, &local)));
         let r2 = apply(&apply(&base, &remote), &out.changes_against(&apply(&base, &remote)));
-        prop_assert!(same(&Value::Object(l2.clone()), &Value::Object(r2.clone())), "{:?} != {:?}", l2, r2);
+        prop_assert!(same_value(&Value::Object(l2.clone()), &Value::Object(r2.clone())), "{:?} != {:?}", l2, r2);
     }
 
     #[test]
@@ -221,7 +221,7 @@ proptest! {
             let b = base.get(name).unwrap_or(&Value::Null);
             let l = local.get(name).unwrap_or(b);
             let r = remote.get(name).unwrap_or(b);
-            let changed = !same(l, b) || !same(r, b);
+            let changed = !same_value(l, b) || !same_value(r, b);
             let decided = out.fields.contains_key(name);
             let open = out.unresolved().any(|c| &c.field == name);
             prop_assert_eq!(changed, decided || open, "field {}", name);

@@ -1,27 +1,13 @@
 //! Conflict rules: which strategy decides a field changed on both sides,
-//! per entity and per field, and how they are read from the configuration.
-//!
-//! The lead's configuration embeds [`ConflictRules`] as the `[conflicts]`
-//! table; one `[conflicts.<entity>]` table per entity:
-//!
-//! ```toml
-//! [conflicts.contacts]
-//! strategy = "merge"              # rule for a field changed on both sides (default "merge")
-//! fallback = "manual"             # when merge or last_write_wins cannot decide (default "manual")
-//! clock_skew_tolerance = "5s"     # last_write_wins: closer than this is a tie (default "5s")
-//! critical_fields = ["Email", "Owner"]
-//!
-//! [conflicts.contacts.fields]
-//! Description = "merge_text"
-//! Phone = "last_write_wins"
-//! Lead_Status = "remote_wins"
-//! ```
+//! per entity and per field, and how they are read from the configuration
+//! (the TOML shape is on [`ConflictRules`]).
 //!
 //! Strategy names are parsed into [`Strategy`] at the edge, so an unknown
 //! name is refused while the file is read, with the list of valid names;
 //! [`ConflictRules::validate`] refuses what the types cannot (empty names, a
 //! fallback that could itself need a fallback, an absurd tolerance).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -179,6 +165,25 @@ fn check_field_name(at: &str, key: &str, field: &str) -> Result<(), RulesError> 
 
 /// All entities' rules (the `[conflicts]` table), keyed by entity name.
 /// An entity without a table gets [`EntityRules::default`].
+///
+/// One `[conflicts.<entity>]` table per entity; every key is optional:
+///
+/// ```toml
+/// [conflicts.contacts]
+/// strategy = "merge"              # rule for a field changed on both sides (default "merge")
+/// fallback = "manual"             # when merge or last_write_wins cannot decide (default "manual")
+/// clock_skew_tolerance = "5s"     # last_write_wins: this close or closer is a tie (default "5s", at most "1h")
+/// critical_fields = ["Email", "Owner"]
+///
+/// [conflicts.contacts.fields]     # per-field rules, overriding `strategy`
+/// Description = "merge_text"
+/// Phone = "last_write_wins"
+/// Lead_Status = "remote_wins"
+/// ```
+///
+/// Strategies: `local_wins`, `remote_wins`, `last_write_wins`, `merge`,
+/// `manual`, `merge_text`; a fallback is one of `local_wins`,
+/// `remote_wins`, `manual`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ConflictRules {
@@ -187,10 +192,11 @@ pub struct ConflictRules {
 
 impl ConflictRules {
     /// The rules for `entity`, or the defaults when it has none.
-    pub fn for_entity(&self, entity: &str) -> &EntityRules {
-        static DEFAULT: std::sync::LazyLock<EntityRules> =
-            std::sync::LazyLock::new(EntityRules::default);
-        self.entities.get(entity).unwrap_or(&DEFAULT)
+    pub fn for_entity(&self, entity: &str) -> Cow<'_, EntityRules> {
+        self.entities
+            .get(entity)
+            .map(Cow::Borrowed)
+            .unwrap_or_default()
     }
 
     /// Validates every entity's rules; the first problem is reported.
@@ -270,7 +276,7 @@ clock_skew_tolerance = "1500ms"
     fn an_entity_without_a_table_gets_merge_with_a_manual_fallback() {
         let rules = parse("").unwrap();
         let r = rules.for_entity("accounts");
-        assert_eq!(r, &EntityRules::default());
+        assert_eq!(*r, EntityRules::default());
         assert_eq!(r.strategy, Strategy::Merge);
         assert_eq!(r.fallback, Strategy::Manual);
         assert_eq!(r.clock_skew_tolerance, DEFAULT_CLOCK_SKEW_TOLERANCE);
@@ -279,7 +285,7 @@ clock_skew_tolerance = "1500ms"
     #[test]
     fn an_empty_entity_table_gets_every_default() {
         let rules = parse("[conflicts.leads]\n").unwrap();
-        assert_eq!(rules.for_entity("leads"), &EntityRules::default());
+        assert_eq!(*rules.for_entity("leads"), EntityRules::default());
     }
 
     #[test]
