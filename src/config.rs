@@ -91,8 +91,10 @@ pub struct RedisConfig {
     pub url: Option<Secret>,
     /// Key prefix, so several deployments can share one Redis (default `synchub`).
     pub prefix: Option<String>,
-    /// Multiplexed command connections per node.
+    /// Multiplexed command connections per node (single Redis).
     pub pool_size: usize,
+    /// `url` names the seed nodes (comma separated) of a Redis Cluster.
+    pub cluster: bool,
 }
 
 impl Default for RedisConfig {
@@ -101,6 +103,7 @@ impl Default for RedisConfig {
             url: None,
             prefix: None,
             pool_size: 2,
+            cluster: false,
         }
     }
 }
@@ -473,6 +476,9 @@ impl Config {
         if let Some(v) = get("SYNCHUB_REDIS_PREFIX") {
             self.redis.prefix = Some(v);
         }
+        if let Some(v) = get("SYNCHUB_REDIS_CLUSTER") {
+            self.redis.cluster = parse_bool("SYNCHUB_REDIS_CLUSTER", &v)?;
+        }
         if let Some(v) = get("SYNCHUB_REDIS_POOL_SIZE") {
             self.redis.pool_size = v.parse().map_err(|_| ConfigError::Env {
                 name: "SYNCHUB_REDIS_POOL_SIZE".into(),
@@ -558,15 +564,24 @@ impl Config {
                     .into(),
             );
         }
-        if let Some(url) = &self.redis.url {
-            let u = url.expose();
-            if !(u.starts_with("redis://")
-                || u.starts_with("rediss://")
-                || u.starts_with("redis+unix://")
-                || u.starts_with("unix://"))
-            {
+        if let Some(urls) = &self.redis.url {
+            let urls: Vec<&str> = urls.expose().split(',').map(str::trim).collect();
+            for u in &urls {
+                if !(u.starts_with("redis://")
+                    || u.starts_with("rediss://")
+                    || u.starts_with("redis+unix://")
+                    || u.starts_with("unix://"))
+                {
+                    return bad(
+                        "each redis url must start with redis://, rediss:// or redis+unix://"
+                            .into(),
+                    );
+                }
+            }
+            if urls.len() > 1 && !self.redis.cluster {
                 return bad(
-                    "redis url must start with redis://, rediss:// or redis+unix://".into(),
+                    "several redis urls are the seeds of a cluster: set redis.cluster = true"
+                        .into(),
                 );
             }
         }

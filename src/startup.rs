@@ -126,6 +126,7 @@ impl Application {
             Some(url) => {
                 let redis = RedisBroker::connect(crate::broker::redis::config_from(
                     url.expose(),
+                    config.redis.cluster,
                     config.redis.prefix.as_deref(),
                     config.redis.pool_size,
                     &node.id,

@@ -51,8 +51,13 @@ const PUBSUB_REQUESTS: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct RedisBrokerConfig {
-    /// `redis://`, `rediss://` (TLS) or `redis+unix://`.
-    pub url: String,
+    /// `redis://`, `rediss://` (TLS) or `redis+unix://`; with `cluster`, the
+    /// seed nodes of a Redis Cluster (one is enough, several are safer).
+    pub urls: Vec<String>,
+    /// Talk to a Redis Cluster: commands are routed by slot (every script's
+    /// keys share one slot through a hash tag), pub/sub uses the cluster-wide
+    /// PUBLISH and a pub/sub connection to any node.
+    pub cluster: bool,
     /// Key and channel prefix; several deployments can share one Redis.
     pub prefix: String,
     /// Multiplexed command connections used round-robin.
@@ -64,9 +69,10 @@ pub struct RedisBrokerConfig {
 }
 
 const PUBLISH_SCRIPT: &str = r"
--- KEYS: stream, meta, result ('' without idempotency)
--- ARGV: payload, size, stream ttl, pubsub channel, meta ttl, new epoch, result ttl
-if KEYS[3] ~= '' then
+-- KEYS: stream, meta, result (same slot; used only when ARGV[8] is '1')
+-- ARGV: payload, size, stream ttl, pubsub channel, meta ttl, new epoch, result ttl, idempotent
+local idempotent = ARGV[8] == '1'
+if idempotent then
   local cached = redis.call('hmget', KEYS[3], 'e', 's')
   if cached[1] then return {tonumber(cached[2]), cached[1], 1} end
 end
@@ -81,7 +87,7 @@ if top == 1 then redis.call('del', KEYS[1]) end
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], top .. '-0', 'd', ARGV[1])
 redis.call('expire', KEYS[1], ARGV[3])
 redis.call('publish', ARGV[4], '__p1:' .. top .. ':' .. epoch .. '__' .. ARGV[1])
-if KEYS[3] ~= '' then
+if idempotent then
   redis.call('hset', KEYS[3], 'e', epoch, 's', top)
   redis.call('expire', KEYS[3], ARGV[7])
 end
@@ -167,27 +173,32 @@ struct Keys {
     prefix: String,
 }
 
+/// Every key of one channel carries the channel in a hash tag (`{...}`), so
+/// that in a Redis Cluster the keys a script touches share one slot.
 impl Keys {
     fn stream(&self, ch: &ChannelKey) -> String {
-        format!("{}.stream.{}", self.prefix, ch.flat())
+        format!("{}.stream.{{{}}}", self.prefix, ch.flat())
     }
     fn meta(&self, ch: &ChannelKey) -> String {
-        format!("{}.meta.{}", self.prefix, ch.flat())
+        format!("{}.meta.{{{}}}", self.prefix, ch.flat())
     }
     fn result(&self, ch: &ChannelKey, key: &str) -> String {
-        format!("{}.result.{}.{}", self.prefix, ch.flat(), key)
+        format!("{}.result.{{{}}}.{}", self.prefix, ch.flat(), key)
     }
     fn client_channel(&self, ch: &ChannelKey) -> String {
-        format!("{}.client.{}", self.prefix, ch.flat())
+        format!("{}.client.{{{}}}", self.prefix, ch.flat())
     }
-    fn client_channel_prefix(&self) -> String {
-        format!("{}.client.", self.prefix)
+    /// The channel key of a pub/sub channel name made by `client_channel`.
+    fn channel_of(&self, pubsub_channel: &str) -> Option<ChannelKey> {
+        let tagged = pubsub_channel.strip_prefix(&format!("{}.client.", self.prefix))?;
+        let flat = tagged.strip_prefix('{')?.strip_suffix('}')?;
+        ChannelKey::from_flat(flat)
     }
     fn presence_data(&self, ch: &ChannelKey) -> String {
-        format!("{}.presence.data.{}", self.prefix, ch.flat())
+        format!("{}.presence.data.{{{}}}", self.prefix, ch.flat())
     }
     fn presence_expire(&self, ch: &ChannelKey) -> String {
-        format!("{}.presence.expire.{}", self.prefix, ch.flat())
+        format!("{}.presence.expire.{{{}}}", self.prefix, ch.flat())
     }
     fn control(&self) -> String {
         format!("{}.control", self.prefix)
@@ -196,10 +207,10 @@ impl Keys {
         format!("{}.node.{node}.probe", self.prefix)
     }
     fn nodes(&self) -> String {
-        format!("{}.nodes", self.prefix)
+        format!("{{{}.nodes}}", self.prefix)
     }
     fn nodes_seen(&self) -> String {
-        format!("{}.nodes.seen", self.prefix)
+        format!("{{{}.nodes}}.seen", self.prefix)
     }
 }
 
@@ -212,10 +223,47 @@ struct Scripts {
     nodes: Script,
 }
 
+/// A command connection: one Redis (auto-reconnecting, multiplexed) or a
+/// Redis Cluster (routed by slot).
+#[derive(Clone)]
+enum Commands {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Commands::Single(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Commands::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Single(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 struct Inner {
     config: RedisBrokerConfig,
-    client: redis::Client,
-    connections: Vec<ConnectionManager>,
+    /// One client per configured URL: pub/sub connects to the first that answers.
+    clients: Vec<redis::Client>,
+    connections: Vec<Commands>,
     next: AtomicUsize,
     keys: Keys,
     scripts: Scripts,
@@ -244,20 +292,44 @@ impl RedisBroker {
     /// Connects the command connections. The pub/sub connection is made by
     /// [`RedisBroker::run`], which must be spawned next.
     pub async fn connect(config: RedisBrokerConfig) -> Result<Self, BrokerError> {
-        let client = redis::Client::open(config.url.as_str())
+        let clients = config
+            .urls
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.command_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
+        let Some(first) = clients.first() else {
+            return Err(BrokerError::Internal("no Redis URL configured".into()));
+        };
         let mut connections = Vec::new();
-        for _ in 0..config.pool_size.max(1) {
-            let c = client
-                .get_connection_manager_with_config(manager_config.clone())
+        if config.cluster {
+            let cluster =
+                redis::cluster::ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
+                    .connection_timeout(config.command_timeout)
+                    .response_timeout(config.command_timeout)
+                    .build()
+                    .map_err(|e| {
+                        BrokerError::Internal(format!("invalid Redis Cluster seeds: {e}"))
+                    })?;
+            // The cluster connection multiplexes and follows slot moves itself.
+            let c = cluster
+                .get_async_connection()
                 .await
                 .map_err(|e| unavailable(&e))?;
-            connections.push(c);
+            connections.push(Commands::Cluster(c));
+        } else {
+            let manager_config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(config.command_timeout))
+                .set_response_timeout(Some(config.command_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            for _ in 0..config.pool_size.max(1) {
+                let c = first
+                    .get_connection_manager_with_config(manager_config.clone())
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                connections.push(Commands::Single(c));
+            }
         }
         let (tx, rx) = mpsc::channel(PUBSUB_REQUESTS);
         let keys = Keys {
@@ -266,7 +338,7 @@ impl RedisBroker {
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                client,
+                clients,
                 connections,
                 next: AtomicUsize::new(0),
                 keys,
@@ -286,7 +358,7 @@ impl RedisBroker {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Commands {
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.connections.len();
         self.inner.connections[i].clone()
     }
@@ -330,10 +402,14 @@ impl RedisBroker {
         let mut lost_once = false;
         let control = self.inner.keys.control();
         let probe = self.inner.keys.probe(&self.inner.config.node_id);
+        let mut attempt = 0usize;
         loop {
+            // Any node will do: in a cluster PUBLISH reaches every node's subscribers.
+            let client = &self.inner.clients[attempt % self.inner.clients.len()];
+            attempt += 1;
             let connected = tokio::select! {
                 () = cancel.cancelled() => return,
-                c = self.inner.client.get_async_pubsub() => c,
+                c = client.get_async_pubsub() => c,
             };
             let pubsub = match connected {
                 Ok(p) => p,
@@ -446,10 +522,7 @@ impl RedisBroker {
             }
             return;
         }
-        let Some(flat) = channel.strip_prefix(&self.inner.keys.client_channel_prefix()) else {
-            return;
-        };
-        let Some(key) = ChannelKey::from_flat(flat) else {
+        let Some(key) = self.inner.keys.channel_of(channel) else {
             return;
         };
         match decode_message(payload) {
@@ -624,11 +697,9 @@ impl Broker for RedisBroker {
             self.command::<i64>(&cmd).await?;
             return Ok(None);
         };
-        let result_key = options
-            .idempotency_key
-            .as_ref()
-            .map(|k| keys.result(channel, k))
-            .unwrap_or_default();
+        // The result key is always named (a script's keys must share one
+        // cluster slot); the script touches it only for an idempotent publish.
+        let result_key = keys.result(channel, options.idempotency_key.as_deref().unwrap_or(""));
         let mut invocation = self.inner.scripts.publish.key(keys.stream(channel));
         invocation
             .key(keys.meta(channel))
@@ -639,7 +710,12 @@ impl Broker for RedisBroker {
             .arg(keys.client_channel(channel))
             .arg(retention.meta_ttl.as_secs().max(1))
             .arg(new_epoch())
-            .arg(IDEMPOTENCY_TTL_SECS);
+            .arg(IDEMPOTENCY_TTL_SECS)
+            .arg(if options.idempotency_key.is_some() {
+                "1"
+            } else {
+                "0"
+            });
         let mut c = self.conn();
         let (offset, epoch, _cached): (u64, String, i64) = invocation
             .invoke_async(&mut c)
@@ -834,18 +910,162 @@ impl PresenceManager for RedisBroker {
 }
 
 /// Builds the broker from configuration values; used by the composition root.
+/// `urls` may hold several comma-separated seeds (for a cluster).
 pub fn config_from(
-    url: &str,
+    urls: &str,
+    cluster: bool,
     prefix: Option<&str>,
     pool_size: usize,
     node_id: &str,
 ) -> RedisBrokerConfig {
     RedisBrokerConfig {
-        url: url.to_owned(),
+        urls: urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        cluster,
         prefix: prefix.unwrap_or("synchub").to_owned(),
         pool_size,
         command_timeout: Duration::from_secs(2),
         node_id: node_id.to_owned(),
+    }
+}
+
+/// A throwaway Redis Cluster for tests (this crate's and the integration
+/// tests'): three masters on free ports, killed and removed on drop.
+#[doc(hidden)]
+pub mod local_cluster {
+    use std::time::Duration;
+
+    /// A three-master Redis Cluster on free ports, torn down on drop.
+    pub struct LocalCluster {
+        pub seeds: String,
+        _servers: Vec<tokio::process::Child>,
+        dir: std::path::PathBuf,
+    }
+
+    impl LocalCluster {
+        /// Fails under CI when redis-server or redis-cli is missing; skips loudly otherwise.
+        pub async fn start() -> Option<LocalCluster> {
+            let have = |bin: &str| {
+                std::process::Command::new(bin)
+                    .arg("--version")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            };
+            if !have("redis-server") || !have("redis-cli") {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "redis-server/redis-cli missing and CI is set"
+                );
+                eprintln!("\n!!! SKIPPED: redis-server or redis-cli not found\n");
+                return None;
+            }
+            let dir = std::env::temp_dir()
+                .join(format!("synchub-cluster-{}", uuid::Uuid::new_v4().simple()));
+            let mut ports = Vec::new();
+            let mut servers = Vec::new();
+            for _ in 0..3 {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("free port")
+                    .port();
+                let node_dir = dir.join(port.to_string());
+                std::fs::create_dir_all(&node_dir).expect("node dir");
+                let child = tokio::process::Command::new("redis-server")
+                    .args([
+                        "--port",
+                        &port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                    ])
+                    .args([
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                    ])
+                    .arg(&node_dir)
+                    .stdout(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("redis-server starts");
+                servers.push(child);
+                ports.push(port);
+            }
+            for port in &ports {
+                let url = format!("redis://127.0.0.1:{port}");
+                let mut up = false;
+                for _ in 0..100 {
+                    if let Ok(c) = redis::Client::open(url.as_str())
+                        && c.get_multiplexed_async_connection().await.is_ok()
+                    {
+                        up = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                assert!(up, "cluster node {port} did not start");
+            }
+            let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            let created = tokio::process::Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .await
+                .expect("redis-cli runs");
+            assert!(
+                created.status.success(),
+                "cluster create failed: {}",
+                String::from_utf8_lossy(&created.stdout)
+            );
+            // Wait until every node agrees the cluster is up.
+            for port in &ports {
+                let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+                let mut ok = false;
+                for _ in 0..200 {
+                    let mut c = client
+                        .get_multiplexed_async_connection()
+                        .await
+                        .expect("conn");
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_default();
+                    if info.contains("cluster_state:ok") {
+                        ok = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                assert!(ok, "cluster never became ok");
+            }
+            Some(LocalCluster {
+                seeds: ports
+                    .iter()
+                    .map(|p| format!("redis://127.0.0.1:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _servers: servers,
+                dir,
+            })
+        }
+    }
+
+    impl Drop for LocalCluster {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -893,7 +1113,7 @@ mod tests {
 
     async fn fresh(url: &str) -> RedisBroker {
         let prefix = format!("test{}", uuid::Uuid::new_v4().simple());
-        let b = RedisBroker::connect(config_from(url, Some(&prefix), 1, "node-test"))
+        let b = RedisBroker::connect(config_from(url, false, Some(&prefix), 1, "node-test"))
             .await
             .unwrap();
         let runner = b.clone();
@@ -911,6 +1131,37 @@ mod tests {
         let mut brokers = Vec::new();
         for _ in 0..7 {
             brokers.push(fresh(&url).await);
+        }
+        let brokers = Mutex::new(brokers);
+        crate::broker::suite::run_all(|| {
+            let b = brokers.lock().unwrap().pop().expect("enough brokers");
+            (
+                Arc::new(b.clone()) as Arc<dyn Broker>,
+                Arc::new(b) as Arc<dyn PresenceManager>,
+            )
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn redis_cluster_broker_passes_the_behaviour_suite() {
+        let Some(cluster) = super::local_cluster::LocalCluster::start().await else {
+            return;
+        };
+        let mut brokers = Vec::new();
+        for i in 0..7 {
+            let b = RedisBroker::connect(config_from(
+                &cluster.seeds,
+                true,
+                Some(&format!("c{i}")),
+                1,
+                "n",
+            ))
+            .await
+            .expect("cluster broker connects");
+            tokio::spawn(b.clone().run(CancellationToken::new()));
+            assert!(b.wait_healthy(Duration::from_secs(5)).await);
+            brokers.push(b);
         }
         let brokers = Mutex::new(brokers);
         crate::broker::suite::run_all(|| {

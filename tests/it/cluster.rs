@@ -582,3 +582,42 @@ async fn an_unrecovered_subscriber_on_redis_still_gets_live_publications() {
     let (_, data, live_offset) = c.publication().await;
     assert_eq!((data, live_offset), (json!("live"), 152));
 }
+
+#[tokio::test]
+async fn two_nodes_on_a_redis_cluster_act_as_one_hub() {
+    let _heavy = heavy().await;
+    let Some(cluster) = synchub::broker::redis::local_cluster::LocalCluster::start().await else {
+        return;
+    };
+    let cluster_env = [("SYNCHUB_REDIS_CLUSTER", "true")];
+    let a = Node::start(&cluster.seeds, "onecluster", &cluster_env).await;
+    let b = Node::start(&cluster.seeds, "onecluster", &cluster_env).await;
+    let channel = unique("sharded_world");
+    let mut on_a = a.client("alice").await;
+    on_a.subscribe(&channel).await;
+    let mut on_b = b.client("bob").await;
+    on_b.subscribe(&channel).await;
+    for i in 0..20 {
+        let r = b
+            .api("publish", json!({"channel": channel, "data": i}))
+            .await;
+        assert_eq!(r["result"]["offset"], i + 1, "{r}");
+    }
+    for i in 0..20 {
+        assert_eq!(on_a.publication().await.1, json!(i));
+        assert_eq!(on_b.publication().await.1, json!(i));
+    }
+    let presence = a.api("presence", json!({"channel": channel})).await;
+    assert_eq!(
+        presence["result"]["presence"].as_object().map(|m| m.len()),
+        Some(2),
+        "{presence}"
+    );
+    let history = a
+        .api("history", json!({"channel": channel, "limit": -1}))
+        .await;
+    assert_eq!(
+        history["result"]["publications"].as_array().map(Vec::len),
+        Some(20)
+    );
+}
