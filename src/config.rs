@@ -95,6 +95,8 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// `url` names the seed nodes (comma separated) of a Redis Cluster.
     pub cluster: bool,
+    /// With `cluster`: sharded pub/sub (SPUBLISH/SSUBSCRIBE).
+    pub sharded: bool,
 }
 
 impl Default for RedisConfig {
@@ -104,6 +106,7 @@ impl Default for RedisConfig {
             prefix: None,
             pool_size: 2,
             cluster: false,
+            sharded: false,
         }
     }
 }
@@ -479,6 +482,9 @@ impl Config {
         if let Some(v) = get("SYNCHUB_REDIS_CLUSTER") {
             self.redis.cluster = parse_bool("SYNCHUB_REDIS_CLUSTER", &v)?;
         }
+        if let Some(v) = get("SYNCHUB_REDIS_SHARDED") {
+            self.redis.sharded = parse_bool("SYNCHUB_REDIS_SHARDED", &v)?;
+        }
         if let Some(v) = get("SYNCHUB_REDIS_POOL_SIZE") {
             self.redis.pool_size = v.parse().map_err(|_| ConfigError::Env {
                 name: "SYNCHUB_REDIS_POOL_SIZE".into(),
@@ -577,6 +583,9 @@ impl Config {
                             .into(),
                     );
                 }
+            }
+            if self.redis.sharded && !self.redis.cluster {
+                return bad("redis.sharded needs redis.cluster".into());
             }
             if urls.len() > 1 && !self.redis.cluster {
                 return bad(

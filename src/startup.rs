@@ -127,6 +127,7 @@ impl Application {
                 let redis = RedisBroker::connect(crate::broker::redis::config_from(
                     url.expose(),
                     config.redis.cluster,
+                    config.redis.sharded,
                     config.redis.prefix.as_deref(),
                     config.redis.pool_size,
                     &node.id,

@@ -58,6 +58,10 @@ pub struct RedisBrokerConfig {
     /// keys share one slot through a hash tag), pub/sub uses the cluster-wide
     /// PUBLISH and a pub/sub connection to any node.
     pub cluster: bool,
+    /// With `cluster`: sharded pub/sub (SPUBLISH/SSUBSCRIBE), so each
+    /// publication travels only within its channel's shard instead of being
+    /// broadcast to every cluster node.
+    pub sharded: bool,
     /// Key and channel prefix; several deployments can share one Redis.
     pub prefix: String,
     /// Multiplexed command connections used round-robin.
@@ -70,7 +74,8 @@ pub struct RedisBrokerConfig {
 
 const PUBLISH_SCRIPT: &str = r"
 -- KEYS: stream, meta, result (same slot; used only when ARGV[8] is '1')
--- ARGV: payload, size, stream ttl, pubsub channel, meta ttl, new epoch, result ttl, idempotent
+-- ARGV: payload, size, stream ttl, pubsub channel, meta ttl, new epoch, result ttl, idempotent,
+--       publish command (publish | spublish)
 local idempotent = ARGV[8] == '1'
 if idempotent then
   local cached = redis.call('hmget', KEYS[3], 'e', 's')
@@ -86,7 +91,7 @@ redis.call('expire', KEYS[2], ARGV[5])
 if top == 1 then redis.call('del', KEYS[1]) end
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], top .. '-0', 'd', ARGV[1])
 redis.call('expire', KEYS[1], ARGV[3])
-redis.call('publish', ARGV[4], '__p1:' .. top .. ':' .. epoch .. '__' .. ARGV[1])
+redis.call(ARGV[9], ARGV[4], '__p1:' .. top .. ':' .. epoch .. '__' .. ARGV[1])
 if idempotent then
   redis.call('hset', KEYS[3], 'e', epoch, 's', top)
   redis.call('expire', KEYS[3], ARGV[7])
@@ -201,7 +206,7 @@ impl Keys {
         format!("{}.presence.expire.{{{}}}", self.prefix, ch.flat())
     }
     fn control(&self) -> String {
-        format!("{}.control", self.prefix)
+        format!("{{{}.control}}", self.prefix)
     }
     fn probe(&self, node: &str) -> String {
         format!("{}.node.{node}.probe", self.prefix)
@@ -372,6 +377,35 @@ impl RedisBroker {
         cmd.query_async(&mut c).await.map_err(|e| unavailable(&e))
     }
 
+    /// `PUBLISH`, or `SPUBLISH` with sharded pub/sub.
+    fn publish_command(&self) -> &'static str {
+        if self.inner.config.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
+    async fn connect_subscriber(&self, attempt: usize) -> redis::RedisResult<Subscriber> {
+        if self.inner.config.sharded {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let client = redis::cluster::ClusterClientBuilder::new(
+                self.inner.config.urls.iter().map(String::as_str),
+            )
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .connection_timeout(self.inner.config.command_timeout)
+            .response_timeout(self.inner.config.command_timeout)
+            .build()?;
+            let conn = client.get_async_connection().await?;
+            return Ok(Subscriber::Sharded { conn, pushes: rx });
+        }
+        // Any node will do: in a cluster PUBLISH reaches every node's subscribers.
+        let client = &self.inner.clients[attempt % self.inner.clients.len()];
+        let (sink, stream) = client.get_async_pubsub().await?.split();
+        Ok(Subscriber::Classic { sink, stream })
+    }
+
     /// Waits until the pub/sub connection is up (tests and start-up).
     pub async fn wait_healthy(&self, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
@@ -404,14 +438,12 @@ impl RedisBroker {
         let probe = self.inner.keys.probe(&self.inner.config.node_id);
         let mut attempt = 0usize;
         loop {
-            // Any node will do: in a cluster PUBLISH reaches every node's subscribers.
-            let client = &self.inner.clients[attempt % self.inner.clients.len()];
             attempt += 1;
             let connected = tokio::select! {
                 () = cancel.cancelled() => return,
-                c = client.get_async_pubsub() => c,
+                c = self.connect_subscriber(attempt) => c,
             };
-            let pubsub = match connected {
+            let mut subscriber = match connected {
                 Ok(p) => p,
                 Err(e) => {
                     self.set_healthy(false, Some(&e.to_string()));
@@ -428,12 +460,11 @@ impl RedisBroker {
                     continue;
                 }
             };
-            let (mut sink, mut stream) = pubsub.split();
             let mut all: Vec<String> = vec![control.clone(), probe.clone()];
             all.extend(wanted.iter().cloned());
             let mut ok = true;
             for batch in all.chunks(SUBSCRIBE_BATCH) {
-                if sink.subscribe(batch).await.is_err() {
+                if subscriber.subscribe(batch).await.is_err() {
                     ok = false;
                     break;
                 }
@@ -458,7 +489,10 @@ impl RedisBroker {
                         let Some(req) = req else { return };
                         match req {
                             PubSubRequest::Subscribe(ch, reply) => {
-                                let r = sink.subscribe(&ch).await.map_err(|e| unavailable(&e));
+                                let r = subscriber
+                                    .subscribe(std::slice::from_ref(&ch))
+                                    .await
+                                    .map_err(|e| unavailable(&e));
                                 if r.is_ok() {
                                     wanted.insert(ch);
                                 }
@@ -466,7 +500,7 @@ impl RedisBroker {
                             }
                             PubSubRequest::Unsubscribe(ch, reply) => {
                                 wanted.remove(&ch);
-                                let r = sink.unsubscribe(&ch).await.map_err(|e| unavailable(&e));
+                                let r = subscriber.unsubscribe(&ch).await.map_err(|e| unavailable(&e));
                                 let _ = reply.send(r);
                             }
                         }
@@ -479,17 +513,16 @@ impl RedisBroker {
                             tracing::warn!("Redis pub/sub connection delivers nothing; reconnecting");
                             break;
                         }
-                        let cmd = redis::cmd("PUBLISH").arg(&probe).arg("probe").clone();
+                        let cmd = redis::cmd(self.publish_command()).arg(&probe).arg("probe").clone();
                         let _ = self.command::<i64>(&cmd).await;
                     }
-                    msg = stream.next() => {
-                        let Some(msg) = msg else { break };
-                        let channel = msg.get_channel_name().to_owned();
+                    msg = subscriber.next() => {
+                        let Some((channel, payload)) = msg else { break };
                         if channel == probe {
                             probes_missing = 0;
                             continue;
                         }
-                        self.dispatch(&channel, msg.get_payload_bytes());
+                        self.dispatch(&channel, &payload);
                     }
                 }
             }
@@ -559,11 +592,77 @@ impl RedisBroker {
         tag: &[u8],
         info: &ClientInfo,
     ) -> Result<(), BrokerError> {
-        let cmd = redis::cmd("PUBLISH")
+        let cmd = redis::cmd(self.publish_command())
             .arg(self.inner.keys.client_channel(channel))
             .arg(prefixed(tag, info.encode_to_vec()))
             .clone();
         self.command::<i64>(&cmd).await.map(|_| ())
+    }
+}
+
+/// The subscribing connection: classic pub/sub on one node, or sharded pub/sub
+/// through the cluster connection (RESP3 pushes).
+enum Subscriber {
+    Classic {
+        sink: redis::aio::PubSubSink,
+        stream: redis::aio::PubSubStream,
+    },
+    Sharded {
+        conn: redis::cluster_async::ClusterConnection,
+        /// redis-rs delivers pushes through an unbounded channel; this task
+        /// drains it continuously, so it stays short.
+        pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+    },
+}
+
+impl Subscriber {
+    async fn subscribe(&mut self, channels: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Classic { sink, .. } => sink.subscribe(channels).await,
+            // One SSUBSCRIBE may only name channels of one slot.
+            Subscriber::Sharded { conn, .. } => {
+                for channel in channels {
+                    conn.ssubscribe(channel).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Classic { sink, .. } => sink.unsubscribe(channel).await,
+            Subscriber::Sharded { conn, .. } => conn.sunsubscribe(channel).await,
+        }
+    }
+
+    /// The next (channel, payload); `None` when the connection is lost.
+    async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+        match self {
+            Subscriber::Classic { stream, .. } => {
+                let msg = stream.next().await?;
+                Some((
+                    msg.get_channel_name().to_owned(),
+                    msg.get_payload_bytes().to_vec(),
+                ))
+            }
+            Subscriber::Sharded { pushes, .. } => loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    redis::PushKind::SMessage | redis::PushKind::Message => {
+                        let channel = push.data.first().and_then(as_string)?;
+                        let payload = match push.data.get(1) {
+                            Some(Value::BulkString(b)) => b.clone(),
+                            _ => continue,
+                        };
+                        return Some((channel, payload));
+                    }
+                    // A shard connection dropped: what it carried meanwhile is lost.
+                    redis::PushKind::Disconnection => return None,
+                    _ => continue,
+                }
+            },
+        }
     }
 }
 
@@ -690,7 +789,7 @@ impl Broker for RedisBroker {
         let keys = &self.inner.keys;
         let payload = publication.encode_to_vec();
         let Some(retention) = options.history else {
-            let cmd = redis::cmd("PUBLISH")
+            let cmd = redis::cmd(self.publish_command())
                 .arg(keys.client_channel(channel))
                 .arg(prefixed(b"__p0__", payload))
                 .clone();
@@ -715,7 +814,8 @@ impl Broker for RedisBroker {
                 "1"
             } else {
                 "0"
-            });
+            })
+            .arg(self.publish_command().to_ascii_lowercase());
         let mut c = self.conn();
         let (offset, epoch, _cached): (u64, String, i64) = invocation
             .invoke_async(&mut c)
@@ -794,7 +894,7 @@ impl Broker for RedisBroker {
 
     async fn publish_control(&self, message: &ControlMessage) -> Result<(), BrokerError> {
         let body = serde_json::to_vec(message).map_err(|e| BrokerError::Internal(e.to_string()))?;
-        let cmd = redis::cmd("PUBLISH")
+        let cmd = redis::cmd(self.publish_command())
             .arg(self.inner.keys.control())
             .arg(body)
             .clone();
@@ -914,6 +1014,7 @@ impl PresenceManager for RedisBroker {
 pub fn config_from(
     urls: &str,
     cluster: bool,
+    sharded: bool,
     prefix: Option<&str>,
     pool_size: usize,
     node_id: &str,
@@ -926,6 +1027,7 @@ pub fn config_from(
             .map(str::to_owned)
             .collect(),
         cluster,
+        sharded: cluster && sharded,
         prefix: prefix.unwrap_or("synchub").to_owned(),
         pool_size,
         command_timeout: Duration::from_secs(2),
@@ -1113,9 +1215,16 @@ mod tests {
 
     async fn fresh(url: &str) -> RedisBroker {
         let prefix = format!("test{}", uuid::Uuid::new_v4().simple());
-        let b = RedisBroker::connect(config_from(url, false, Some(&prefix), 1, "node-test"))
-            .await
-            .unwrap();
+        let b = RedisBroker::connect(config_from(
+            url,
+            false,
+            false,
+            Some(&prefix),
+            1,
+            "node-test",
+        ))
+        .await
+        .unwrap();
         let runner = b.clone();
         let token = CancellationToken::new();
         tokio::spawn(runner.run(token));
@@ -1144,34 +1253,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn redis_cluster_broker_passes_the_behaviour_suite() {
+    async fn redis_cluster_broker_passes_the_behaviour_suite_classic_and_sharded() {
         let Some(cluster) = super::local_cluster::LocalCluster::start().await else {
             return;
         };
-        let mut brokers = Vec::new();
-        for i in 0..7 {
-            let b = RedisBroker::connect(config_from(
-                &cluster.seeds,
-                true,
-                Some(&format!("c{i}")),
-                1,
-                "n",
-            ))
-            .await
-            .expect("cluster broker connects");
-            tokio::spawn(b.clone().run(CancellationToken::new()));
-            assert!(b.wait_healthy(Duration::from_secs(5)).await);
-            brokers.push(b);
+        for sharded in [false, true] {
+            let mut brokers = Vec::new();
+            for i in 0..7 {
+                let prefix = format!("c{i}{sharded}");
+                let node = format!("n{i}{sharded}");
+                let b = RedisBroker::connect(config_from(
+                    &cluster.seeds,
+                    true,
+                    sharded,
+                    Some(&prefix),
+                    1,
+                    &node,
+                ))
+                .await
+                .expect("cluster broker connects");
+                tokio::spawn(b.clone().run(CancellationToken::new()));
+                assert!(
+                    b.wait_healthy(Duration::from_secs(5)).await,
+                    "sharded: {sharded}"
+                );
+                brokers.push(b);
+            }
+            let brokers = Mutex::new(brokers);
+            crate::broker::suite::run_all(|| {
+                let b = brokers.lock().unwrap().pop().expect("enough brokers");
+                (
+                    Arc::new(b.clone()) as Arc<dyn Broker>,
+                    Arc::new(b) as Arc<dyn PresenceManager>,
+                )
+            })
+            .await;
         }
-        let brokers = Mutex::new(brokers);
-        crate::broker::suite::run_all(|| {
-            let b = brokers.lock().unwrap().pop().expect("enough brokers");
-            (
-                Arc::new(b.clone()) as Arc<dyn Broker>,
-                Arc::new(b) as Arc<dyn PresenceManager>,
-            )
-        })
-        .await;
     }
 
     #[tokio::test]

@@ -589,35 +589,44 @@ async fn two_nodes_on_a_redis_cluster_act_as_one_hub() {
     let Some(cluster) = synchub::broker::redis::local_cluster::LocalCluster::start().await else {
         return;
     };
-    let cluster_env = [("SYNCHUB_REDIS_CLUSTER", "true")];
-    let a = Node::start(&cluster.seeds, "onecluster", &cluster_env).await;
-    let b = Node::start(&cluster.seeds, "onecluster", &cluster_env).await;
-    let channel = unique("sharded_world");
-    let mut on_a = a.client("alice").await;
-    on_a.subscribe(&channel).await;
-    let mut on_b = b.client("bob").await;
-    on_b.subscribe(&channel).await;
-    for i in 0..20 {
-        let r = b
-            .api("publish", json!({"channel": channel, "data": i}))
+    for sharded in ["false", "true"] {
+        let env = [
+            ("SYNCHUB_REDIS_CLUSTER", "true"),
+            ("SYNCHUB_REDIS_SHARDED", sharded),
+        ];
+        let prefix = format!("onecluster{sharded}");
+        let a = Node::start(&cluster.seeds, &prefix, &env).await;
+        let b = Node::start(&cluster.seeds, &prefix, &env).await;
+        let channel = unique("cluster_world");
+        let mut on_a = a.client("alice").await;
+        on_a.subscribe(&channel).await;
+        let mut on_b = b.client("bob").await;
+        on_b.subscribe(&channel).await;
+        for i in 0..20 {
+            let r = b
+                .api("publish", json!({"channel": channel, "data": i}))
+                .await;
+            assert_eq!(r["result"]["offset"], i + 1, "sharded {sharded}: {r}");
+        }
+        for i in 0..20 {
+            assert_eq!(on_a.publication().await.1, json!(i), "sharded {sharded}");
+            assert_eq!(on_b.publication().await.1, json!(i), "sharded {sharded}");
+        }
+        let presence = a.api("presence", json!({"channel": channel})).await;
+        assert_eq!(
+            presence["result"]["presence"].as_object().map(|m| m.len()),
+            Some(2),
+            "{presence}"
+        );
+        let history = a
+            .api("history", json!({"channel": channel, "limit": -1}))
             .await;
-        assert_eq!(r["result"]["offset"], i + 1, "{r}");
+        assert_eq!(
+            history["result"]["publications"].as_array().map(Vec::len),
+            Some(20)
+        );
+        // Control messages cross nodes in both modes.
+        a.api("disconnect", json!({"user": "bob"})).await;
+        assert_eq!(on_b.closed().await.code, 3503, "sharded {sharded}");
     }
-    for i in 0..20 {
-        assert_eq!(on_a.publication().await.1, json!(i));
-        assert_eq!(on_b.publication().await.1, json!(i));
-    }
-    let presence = a.api("presence", json!({"channel": channel})).await;
-    assert_eq!(
-        presence["result"]["presence"].as_object().map(|m| m.len()),
-        Some(2),
-        "{presence}"
-    );
-    let history = a
-        .api("history", json!({"channel": channel, "limit": -1}))
-        .await;
-    assert_eq!(
-        history["result"]["publications"].as_array().map(Vec::len),
-        Some(20)
-    );
 }
