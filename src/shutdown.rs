@@ -30,6 +30,20 @@ impl Shutdown {
             .spawn(fut.instrument(tracing::debug_span!("task", name)));
     }
 
+    /// Spawns a named, tracked task whose result the caller awaits.
+    pub fn spawn_joinable<F>(
+        &self,
+        name: &'static str,
+        fut: F,
+    ) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks
+            .spawn(fut.instrument(tracing::debug_span!("task", name)))
+    }
+
     /// Tracks a future that someone else drives (an upgraded WebSocket).
     pub fn track<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
         self.tasks.track_future(fut)

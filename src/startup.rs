@@ -256,7 +256,7 @@ impl Application {
         let token = shutdown.token().clone();
         let serve = axum::serve(self.listener, router)
             .with_graceful_shutdown(async move { token.cancelled().await });
-        let serving = tokio::spawn(async move { serve.await });
+        let serving = shutdown.spawn_joinable("http-server", async move { serve.await });
         tracing::info!(addr = %self.addr, node = %state.hub.node.name, "synchub serving");
         stop.await;
         tracing::info!("shutting down: closing sessions");
