@@ -97,6 +97,8 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// With `cluster`: sharded pub/sub (SPUBLISH/SSUBSCRIBE).
     pub sharded: bool,
+    /// Redis Sentinel: `url` lists the sentinels; this names the master.
+    pub sentinel_master: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -107,6 +109,7 @@ impl Default for RedisConfig {
             pool_size: 2,
             cluster: false,
             sharded: false,
+            sentinel_master: None,
         }
     }
 }
@@ -482,6 +485,9 @@ impl Config {
         if let Some(v) = get("SYNCHUB_REDIS_CLUSTER") {
             self.redis.cluster = parse_bool("SYNCHUB_REDIS_CLUSTER", &v)?;
         }
+        if let Some(v) = get("SYNCHUB_REDIS_SENTINEL_MASTER") {
+            self.redis.sentinel_master = Some(v);
+        }
         if let Some(v) = get("SYNCHUB_REDIS_SHARDED") {
             self.redis.sharded = parse_bool("SYNCHUB_REDIS_SHARDED", &v)?;
         }
@@ -584,10 +590,16 @@ impl Config {
                     );
                 }
             }
+            if self.redis.sentinel_master.is_some() && self.redis.cluster {
+                return bad("redis.sentinel_master and redis.cluster exclude each other".into());
+            }
+            if self.redis.sentinel_master.as_deref() == Some("") {
+                return bad("redis.sentinel_master must name the monitored master".into());
+            }
             if self.redis.sharded && !self.redis.cluster {
                 return bad("redis.sharded needs redis.cluster".into());
             }
-            if urls.len() > 1 && !self.redis.cluster {
+            if urls.len() > 1 && !self.redis.cluster && self.redis.sentinel_master.is_none() {
                 return bad(
                     "several redis urls are the seeds of a cluster: set redis.cluster = true"
                         .into(),

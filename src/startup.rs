@@ -124,16 +124,18 @@ impl Application {
             Option<RedisBroker>,
         ) = match &config.redis.url {
             Some(url) => {
-                let redis = RedisBroker::connect(crate::broker::redis::config_from(
+                let mut redis_config = crate::broker::redis::config_from(
                     url.expose(),
                     config.redis.cluster,
                     config.redis.sharded,
                     config.redis.prefix.as_deref(),
                     config.redis.pool_size,
                     &node.id,
-                ))
-                .await
-                .context("connecting to Redis (SYNCHUB_REDIS_URL)")?;
+                );
+                redis_config.sentinel_master = config.redis.sentinel_master.clone();
+                let redis = RedisBroker::connect(redis_config)
+                    .await
+                    .context("connecting to Redis (SYNCHUB_REDIS_URL)")?;
                 (
                     Arc::new(redis.clone()),
                     Arc::new(redis.clone()),

@@ -62,6 +62,10 @@ pub struct RedisBrokerConfig {
     /// publication travels only within its channel's shard instead of being
     /// broadcast to every cluster node.
     pub sharded: bool,
+    /// Redis Sentinel: `urls` are the sentinels and this is the name of the
+    /// monitored master; the master is looked up at connect, on every pub/sub
+    /// reconnect and after a command fails the way a failover makes it fail.
+    pub sentinel_master: Option<String>,
     /// Key and channel prefix; several deployments can share one Redis.
     pub prefix: String,
     /// Multiplexed command connections used round-robin.
@@ -264,11 +268,21 @@ impl redis::aio::ConnectionLike for Commands {
     }
 }
 
+/// Where the Redis to talk to comes from.
+enum Source {
+    /// The configured URLs themselves (one Redis, or cluster seeds).
+    Direct(Vec<redis::Client>),
+    /// Ask the sentinels for the current master.
+    Sentinel(Box<tokio::sync::Mutex<redis::sentinel::SentinelClient>>),
+}
+
 struct Inner {
     config: RedisBrokerConfig,
-    /// One client per configured URL: pub/sub connects to the first that answers.
-    clients: Vec<redis::Client>,
-    connections: Vec<Commands>,
+    source: Source,
+    /// Replaced as a whole after a failover (Sentinel).
+    connections: std::sync::RwLock<Vec<Commands>>,
+    /// One master lookup at a time.
+    resolving: tokio::sync::Mutex<()>,
     next: AtomicUsize,
     keys: Keys,
     scripts: Scripts,
@@ -297,17 +311,32 @@ impl RedisBroker {
     /// Connects the command connections. The pub/sub connection is made by
     /// [`RedisBroker::run`], which must be spawned next.
     pub async fn connect(config: RedisBrokerConfig) -> Result<Self, BrokerError> {
-        let clients = config
-            .urls
-            .iter()
-            .map(|u| redis::Client::open(u.as_str()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
-        let Some(first) = clients.first() else {
-            return Err(BrokerError::Internal("no Redis URL configured".into()));
+        let source = match &config.sentinel_master {
+            Some(master) => {
+                let sentinel = redis::sentinel::SentinelClient::build(
+                    config.urls.clone(),
+                    master.as_str(),
+                    None,
+                    redis::sentinel::SentinelServerType::Master,
+                )
+                .map_err(|e| {
+                    BrokerError::Internal(format!("invalid Redis Sentinel configuration: {e}"))
+                })?;
+                Source::Sentinel(Box::new(tokio::sync::Mutex::new(sentinel)))
+            }
+            None => Source::Direct(
+                config
+                    .urls
+                    .iter()
+                    .map(|u| redis::Client::open(u.as_str()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?,
+            ),
         };
-        let mut connections = Vec::new();
-        if config.cluster {
+        if config.urls.is_empty() {
+            return Err(BrokerError::Internal("no Redis URL configured".into()));
+        }
+        let connections = if config.cluster {
             let cluster =
                 redis::cluster::ClusterClientBuilder::new(config.urls.iter().map(String::as_str))
                     .connection_timeout(config.command_timeout)
@@ -321,21 +350,15 @@ impl RedisBroker {
                 .get_async_connection()
                 .await
                 .map_err(|e| unavailable(&e))?;
-            connections.push(Commands::Cluster(c));
+            vec![Commands::Cluster(c)]
         } else {
-            let manager_config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(config.command_timeout))
-                .set_response_timeout(Some(config.command_timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500));
-            for _ in 0..config.pool_size.max(1) {
-                let c = first
-                    .get_connection_manager_with_config(manager_config.clone())
-                    .await
-                    .map_err(|e| unavailable(&e))?;
-                connections.push(Commands::Single(c));
-            }
-        }
+            let master = master_client(&source, 0)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            managers(&master, &config)
+                .await
+                .map_err(|e| unavailable(&e))?
+        };
         let (tx, rx) = mpsc::channel(PUBSUB_REQUESTS);
         let keys = Keys {
             prefix: config.prefix.clone(),
@@ -343,8 +366,9 @@ impl RedisBroker {
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                clients,
-                connections,
+                source,
+                connections: std::sync::RwLock::new(connections),
+                resolving: tokio::sync::Mutex::new(()),
                 next: AtomicUsize::new(0),
                 keys,
                 scripts: Scripts {
@@ -364,8 +388,60 @@ impl RedisBroker {
     }
 
     fn conn(&self) -> Commands {
-        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.connections.len();
-        self.inner.connections[i].clone()
+        let connections = self
+            .inner
+            .connections
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % connections.len();
+        connections[i].clone()
+    }
+
+    /// Awaits a Redis call and classifies its failure. Behind Sentinel, a
+    /// failure that a failover causes (the old master is gone, or now a
+    /// read-only replica) looks the master up again for the next calls.
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BrokerError> {
+        match fut.await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let failover = e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.code() == Some("READONLY");
+                if failover && matches!(self.inner.source, Source::Sentinel(_)) {
+                    self.follow_master().await;
+                    return Err(BrokerError::Unavailable(format!(
+                        "Redis master changed: {e}"
+                    )));
+                }
+                Err(unavailable(&e))
+            }
+        }
+    }
+
+    /// Replaces the command connections with ones to the current master.
+    async fn follow_master(&self) {
+        let Ok(_one_at_a_time) = self.inner.resolving.try_lock() else {
+            return;
+        };
+        let rebuilt = async {
+            let master = master_client(&self.inner.source, 0).await?;
+            managers(&master, &self.inner.config).await
+        };
+        match rebuilt.await {
+            Ok(fresh) => {
+                *self
+                    .inner
+                    .connections
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                tracing::info!("following the Redis master Sentinel reports");
+            }
+            Err(e) => tracing::warn!(error = %e, "Redis master lookup failed"),
+        }
     }
 
     fn handler(&self) -> Option<Arc<dyn BrokerEventHandler>> {
@@ -374,7 +450,7 @@ impl RedisBroker {
 
     async fn command<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
         let mut c = self.conn();
-        cmd.query_async(&mut c).await.map_err(|e| unavailable(&e))
+        self.call(cmd.query_async(&mut c)).await
     }
 
     /// `PUBLISH`, or `SPUBLISH` with sharded pub/sub.
@@ -400,8 +476,9 @@ impl RedisBroker {
             let conn = client.get_async_connection().await?;
             return Ok(Subscriber::Sharded { conn, pushes: rx });
         }
-        // Any node will do: in a cluster PUBLISH reaches every node's subscribers.
-        let client = &self.inner.clients[attempt % self.inner.clients.len()];
+        // Any node will do: in a cluster PUBLISH reaches every node's
+        // subscribers. Behind Sentinel, whichever is the master now.
+        let client = master_client(&self.inner.source, attempt).await?;
         let (sink, stream) = client.get_async_pubsub().await?.split();
         Ok(Subscriber::Classic { sink, stream })
     }
@@ -598,6 +675,36 @@ impl RedisBroker {
             .clone();
         self.command::<i64>(&cmd).await.map(|_| ())
     }
+}
+
+/// The client for the Redis to talk to: the configured one (round-robin over
+/// several by `attempt`), or the master Sentinel names now.
+async fn master_client(source: &Source, attempt: usize) -> redis::RedisResult<redis::Client> {
+    match source {
+        Source::Direct(clients) => Ok(clients[attempt % clients.len()].clone()),
+        Source::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await,
+    }
+}
+
+/// `pool_size` auto-reconnecting multiplexed connections to one Redis.
+async fn managers(
+    client: &redis::Client,
+    config: &RedisBrokerConfig,
+) -> redis::RedisResult<Vec<Commands>> {
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.command_timeout))
+        .set_response_timeout(Some(config.command_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    let mut out = Vec::new();
+    for _ in 0..config.pool_size.max(1) {
+        out.push(Commands::Single(
+            client
+                .get_connection_manager_with_config(manager_config.clone())
+                .await?,
+        ));
+    }
+    Ok(out)
 }
 
 /// The subscribing connection: classic pub/sub on one node, or sharded pub/sub
@@ -817,10 +924,8 @@ impl Broker for RedisBroker {
             })
             .arg(self.publish_command().to_ascii_lowercase());
         let mut c = self.conn();
-        let (offset, epoch, _cached): (u64, String, i64) = invocation
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let (offset, epoch, _cached): (u64, String, i64) =
+            self.call(invocation.invoke_async(&mut c)).await?;
         Ok(Some(StreamPosition { offset, epoch }))
     }
 
@@ -860,10 +965,7 @@ impl Broker for RedisBroker {
             .arg(limit)
             .arg(if query.reverse { "1" } else { "0" });
         let mut c = self.conn();
-        let v: Value = invocation
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let v: Value = self.call(invocation.invoke_async(&mut c)).await?;
         let Value::Array(parts) = v else {
             return Err(malformed("history"));
         };
@@ -923,10 +1025,7 @@ impl Broker for RedisBroker {
         let mut invocation = self.inner.scripts.nodes.key(keys.nodes());
         invocation.key(keys.nodes_seen()).arg(NODE_TTL_MS);
         let mut c = self.conn();
-        let values: Vec<String> = invocation
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let values: Vec<String> = self.call(invocation.invoke_async(&mut c)).await?;
         let mut nodes: Vec<NodeInfo> = values
             .iter()
             .filter_map(|v| serde_json::from_str(v).ok())
@@ -975,9 +1074,7 @@ impl PresenceManager for RedisBroker {
             .arg(client)
             .ignore();
         let mut c = self.conn();
-        pipe.query_async::<()>(&mut c)
-            .await
-            .map_err(|e| unavailable(&e))
+        self.call(pipe.query_async::<()>(&mut c)).await
     }
 
     async fn presence(
@@ -992,10 +1089,7 @@ impl PresenceManager for RedisBroker {
             .key(keys.presence_data(channel));
         invocation.key(keys.presence_expire(channel));
         let mut c = self.conn();
-        let pairs: Vec<(String, Vec<u8>)> = invocation
-            .invoke_async(&mut c)
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let pairs: Vec<(String, Vec<u8>)> = self.call(invocation.invoke_async(&mut c)).await?;
         let mut out = BTreeMap::new();
         for (client, raw) in pairs {
             match ClientInfo::decode(Bytes::from(raw)) {
@@ -1028,6 +1122,7 @@ pub fn config_from(
             .collect(),
         cluster,
         sharded: cluster && sharded,
+        sentinel_master: None,
         prefix: prefix.unwrap_or("synchub").to_owned(),
         pool_size,
         command_timeout: Duration::from_secs(2),

@@ -634,3 +634,218 @@ async fn two_nodes_on_a_redis_cluster_act_as_one_hub() {
         assert_eq!(on_b.closed().await.code, 3503, "sharded {sharded}");
     }
 }
+
+/// One redis-server (or sentinel) process on a free port.
+async fn redis_process(args: &[String], dir: &std::path::Path) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let child = Process::new("redis-server")
+        .args(args.iter().map(|a| a.replace("{port}", &port.to_string())))
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server starts");
+    for _ in 0..100 {
+        if let Ok(c) = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            && c.get_multiplexed_async_connection().await.is_ok()
+        {
+            return (child, port);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redis process on {port} did not start");
+}
+
+async fn redis_query(port: u16, args: &[&str]) -> redis::Value {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(&mut c).await.expect("query")
+}
+
+fn value_text(v: &redis::Value) -> String {
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Array(items) => items.iter().map(value_text).collect::<Vec<_>>().join(" "),
+        redis::Value::Map(pairs) => pairs
+            .iter()
+            .map(|(k, v)| format!("{} {}", value_text(k), value_text(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sentinel_failover_keeps_publishing_and_delivering() {
+    let _heavy = heavy().await;
+    if Process::new("redis-server")
+        .arg("--version")
+        .output()
+        .await
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server missing and CI is set"
+        );
+        eprintln!("\n!!! SKIPPED: redis-server not found\n");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let base = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "--port",
+            "{port}",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let (_master, master_port) = redis_process(&base(&[]), dir.path()).await;
+    let replica_dir = dir.path().join("replica");
+    std::fs::create_dir_all(&replica_dir).expect("dir");
+    let (_replica, replica_port) = redis_process(
+        &base(&["--replicaof", "127.0.0.1", &master_port.to_string()]),
+        &replica_dir,
+    )
+    .await;
+    for _ in 0..100 {
+        let info = value_text(&redis_query(replica_port, &["INFO", "replication"]).await);
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "sentinel monitor main 127.0.0.1 {master_port} 1\nsentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 5000\n"
+        ),
+    )
+    .expect("sentinel conf");
+    let (_sentinel, sentinel_port) = redis_process(
+        &[
+            conf.to_string_lossy().into_owned(),
+            "--sentinel".into(),
+            "--port".into(),
+            "{port}".into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+        ],
+        dir.path(),
+    )
+    .await;
+    // The sentinel must know the replica before it can fail over to it.
+    for _ in 0..150 {
+        let replicas =
+            value_text(&redis_query(sentinel_port, &["SENTINEL", "REPLICAS", "main"]).await);
+        if replicas.contains(&replica_port.to_string()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let node = Node::start(
+        &format!("redis://127.0.0.1:{sentinel_port}"),
+        "sentinel",
+        &[("SYNCHUB_REDIS_SENTINEL_MASTER", "main")],
+    )
+    .await;
+    let channel = unique("failover");
+    let mut c = node.client("u").await;
+    let sub = c.subscribe(&channel).await;
+    let r = node
+        .api("publish", json!({"channel": channel, "data": "before"}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    assert_eq!(c.publication().await.1, json!("before"));
+
+    let failover = redis_query(sentinel_port, &["SENTINEL", "FAILOVER", "main"]).await;
+    assert!(matches!(failover, redis::Value::Okay), "{failover:?}");
+    let mut moved = false;
+    for _ in 0..100 {
+        let addr = value_text(
+            &redis_query(
+                sentinel_port,
+                &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "main"],
+            )
+            .await,
+        );
+        if addr.contains(&replica_port.to_string()) {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved, "sentinel did not fail over");
+
+    // Publishing resumes on the new master (refusals are retryable 108s meanwhile).
+    let mut acked = false;
+    for _ in 0..100 {
+        let r = node
+            .api("publish", json!({"channel": channel, "data": "after"}))
+            .await;
+        if r.get("result").is_some() {
+            acked = true;
+            break;
+        }
+        assert_eq!(r["error"]["code"], 108, "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(acked, "publishing never resumed after the failover");
+    // The subscriber gets it: live, or by recovering after a 2500.
+    let mut offset = 1;
+    let mut epoch = sub.epoch.clone();
+    loop {
+        let push = c.push().await;
+        if let Some(p) = push.r#pub {
+            if p.data.as_ref() == b"\"after\"" {
+                break;
+            }
+            offset = p.offset;
+            continue;
+        }
+        if let Some(u) = push.unsubscribe {
+            assert_eq!(u.code, 2500);
+            let r = c
+                .subscribe_with(synchub::protocol::SubscribeRequest {
+                    channel: channel.clone(),
+                    recover: true,
+                    offset,
+                    epoch: epoch.clone(),
+                    ..Default::default()
+                })
+                .await
+                .subscribe
+                .expect("resubscribed");
+            assert!(r.recovered, "{r:?}");
+            if r.publications
+                .iter()
+                .any(|p| p.data.as_ref() == b"\"after\"")
+            {
+                break;
+            }
+            epoch = r.epoch;
+        }
+    }
+}
