@@ -465,7 +465,11 @@ mod tests {
             ..Faults::default()
         };
         let (addr, _hub) = mock_hub::start(faults).await;
-        let r = run(args(addr, Format::Protobuf)).await.unwrap();
+        let mut a = args(addr, Format::Protobuf);
+        // One request in flight keeps publishes in seq order, so nothing
+        // after seq 300 can overtake the close.
+        a.publishers = 1;
+        let r = run(a).await.unwrap();
         assert!(!r.ok);
         assert_eq!(r.disconnects, 7);
         assert_eq!(r.disconnect_codes.get("3008"), Some(&7));
