@@ -17,6 +17,7 @@
 //! - `store`: records, field changes, edit locks, drafts, the event outbox (SQLite | PostgreSQL).
 //! - `api`: HTTP routes: the Centrifugo-compatible server API, health, readiness, metrics.
 //! - `metrics`: metric names and the Prometheus exporter.
+//! - `domain`: pure logic without I/O: the conflict engine (three-way field merge, strategies, severity).
 //! - `zoho`: the Zoho CRM v8 client and `zoho::sim`, the Zoho emulator.
 //! - `domain`: pure sync logic, no I/O: field mapping and selective sync filters.
 pub mod api;

@@ -1,6 +1,8 @@
-//! Pure logic, no I/O: what the sync decides, given records and
-//! configuration. Callers do the reading and writing; everything here is a
-//! function of its arguments and is tested exhaustively beside the code.
+//! Pure logic, no I/O: what the hub and the sync decide, given records and
+//! configuration. Nothing here reads the clock or the environment, performs
+//! I/O or spawns tasks: every function takes its inputs (the current time
+//! included, when it matters) and is tested exhaustively beside the code.
 
+pub mod conflict;
 pub mod filters;
 pub mod mapping;
