@@ -7,6 +7,7 @@ mod support;
 mod cluster;
 mod gateway;
 mod interop;
+mod offline;
 mod records;
 mod server_api;
 mod zoho;
