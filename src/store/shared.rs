@@ -576,10 +576,12 @@ macro_rules! sql_store {
             let w = &m.write;
             let key = &w.key;
             fence(tx, w).await?;
-            // Only an update from an older version of a live record merges;
-            // everything else is the plain write with its plain checks.
+            // Only an update from an older version of a live record merges
+            // (base version 0 included: two clients that created the same
+            // record merge from an empty base); everything else is the plain
+            // write with its plain checks.
             let stale = match (w.kind, w.base_version) {
-                (WriteKind::Update, Some(base)) if base > 0 => {
+                (WriteKind::Update, Some(base)) => {
                     let row = sqlx::query(q::RECORD_FOR_UPDATE)
                         .bind(&key.tenant)
                         .bind(&key.entity)

@@ -8,6 +8,7 @@ mod cluster;
 mod gateway;
 mod interop;
 mod offline;
+mod offline_crash;
 mod records;
 mod server_api;
 mod zoho;
