@@ -1,16 +1,5 @@
-//! How much a conflict matters, so reviewers see the dangerous ones first.
-//!
-//! The rule, in order:
-//! 1. a field listed in `critical_fields` is [`Severity::Critical`];
-//! 2. otherwise, when the base value is a JSON number, each side that is
-//!    also a number has a relative change `|side - base| / |base|`; the
-//!    larger of the two decides: over 20% is [`Severity::High`], over 10%
-//!    [`Severity::Medium`] (strictly over: exactly 10% is low). A base of
-//!    zero has no scale, so any change away from zero counts as unbounded
-//!    (high). Arithmetic is `f64`, so a boundary like 1.0 -> 1.1 may land
-//!    on either side of 10% by one ulp;
-//! 3. everything else is [`Severity::Low`]: text, booleans, objects, and a
-//!    number replacing or replaced by a non-number (no scale to compare).
+//! How much a conflict matters, so reviewers see the dangerous ones first
+//! (the rule is on [`severity`], where the public docs show it).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -30,7 +19,17 @@ pub const MEDIUM_ABOVE: f64 = 0.10;
 /// Relative change above which a numeric conflict is high.
 pub const HIGH_ABOVE: f64 = 0.20;
 
-/// The severity of a conflict on a field; see the module docs for the rule.
+/// The severity of a conflict on a field. The rule, in order:
+/// 1. a field listed in `critical_fields` is [`Severity::Critical`];
+/// 2. otherwise, when the base value is a JSON number, each side that is
+///    also a number has a relative change `|side - base| / |base|`; the
+///    larger of the two decides: over 20% is [`Severity::High`], over 10%
+///    [`Severity::Medium`] (strictly over: exactly 10% is low). A base of
+///    zero has no scale, so any change away from zero counts as unbounded
+///    (high). Arithmetic is `f64`, so a boundary like 1.0 -> 1.1 may land
+///    on either side of 10% by one ulp;
+/// 3. everything else is [`Severity::Low`]: text, booleans, objects, and a
+///    number replacing or replaced by a non-number (no scale to compare).
 pub fn severity(critical: bool, base: Option<&Value>, local: &Value, remote: &Value) -> Severity {
     if critical {
         return Severity::Critical;

@@ -464,3 +464,62 @@ fn nothing_changed_on_either_side_gives_an_empty_outcome() {
     );
     assert_eq!(out, MergeOutcome::default());
 }
+
+#[test]
+fn rules_read_from_toml_drive_the_merge() {
+    #[derive(serde::Deserialize)]
+    struct File {
+        conflicts: ConflictRules,
+    }
+    let file: File = toml::from_str(
+        r#"
+        [conflicts.contacts]
+        fallback = "remote_wins"
+        critical_fields = ["Email"]
+        [conflicts.contacts.fields]
+        Phone = "local_wins"
+        "#,
+    )
+    .unwrap();
+    file.conflicts.validate().unwrap();
+    let rules = file.conflicts.for_entity("contacts");
+    let base = fields(json!({"Phone": "1", "Email": "a@x", "City": "Oslo"}));
+    let local = fields(json!({"Phone": "2", "Email": "b@x", "City": "Bergen"}));
+    let remote = fields(json!({"Phone": "3", "Email": "c@x", "City": "Oslo"}));
+    let out = resolve(
+        &rules,
+        &base,
+        Side::new(&local, None),
+        Side::new(&remote, None),
+    );
+    assert_eq!(
+        out.fields,
+        fields(json!({"Phone": "2", "Email": "c@x", "City": "Bergen"}))
+    );
+    let by: Vec<_> = out
+        .conflicts
+        .iter()
+        .map(|c| (c.field.as_str(), c.strategy, c.resolved_by, c.severity))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            (
+                "Email",
+                Strategy::Merge,
+                Some(Strategy::RemoteWins),
+                Severity::Critical
+            ),
+            (
+                "Phone",
+                Strategy::LocalWins,
+                Some(Strategy::LocalWins),
+                Severity::Low
+            ),
+        ]
+    );
+    assert_eq!(
+        out.changes_against(&remote),
+        fields(json!({"Phone": "2", "City": "Bergen"}))
+    );
+}

@@ -16,7 +16,8 @@ pub enum TextMergeError {
     Overlap,
 }
 
-/// Merges `local` and `remote` against `base`. A missing or null base is
+/// Merges `local` and `remote` against `base` line by line; edits to the
+/// same or adjacent lines overlap. A missing or null base is
 /// merged as the empty text: both sides then inserted at the same place, so
 /// only identical or one-sided text merges cleanly.
 pub fn merge_text(
@@ -74,6 +75,15 @@ mod tests {
         let base = json!("a\nb\nc\n");
         assert_eq!(
             merge_text(Some(&base), &json!("a\nB1\nc\n"), &json!("a\nB2\nc\n")),
+            Err(TextMergeError::Overlap)
+        );
+    }
+
+    #[test]
+    fn edits_to_adjacent_lines_overlap() {
+        let base = json!("a\nb\nc\nd\n");
+        assert_eq!(
+            merge_text(Some(&base), &json!("a\nB\nc\nd\n"), &json!("a\nb\nC\nd\n")),
             Err(TextMergeError::Overlap)
         );
     }
