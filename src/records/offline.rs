@@ -391,7 +391,209 @@ fn duplicate(seq: i64, stored: Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
     use super::*;
+    use crate::config::RecordsConfig;
+    use crate::store::{
+        Acquired, Committed, ConflictFilter, Lock, MergeWrite, Merged, OutboxEvent, Pulled, Record,
+        RecordKey, Store, StoreError, StoreResult, StoredConflict,
+    };
+
+    /// SQLite, except that `push_mutation` fails transiently once
+    /// `fail_after` pushes have committed.
+    struct Flaky {
+        inner: crate::store::sqlite::SqliteStore,
+        pushes: AtomicUsize,
+        fail_after: usize,
+    }
+
+    #[async_trait]
+    impl Store for Flaky {
+        fn backend(&self) -> &'static str {
+            "flaky"
+        }
+        async fn get(&self, key: &RecordKey) -> StoreResult<Option<Record>> {
+            self.inner.get(key).await
+        }
+        async fn write(&self, w: Write) -> StoreResult<Committed> {
+            self.inner.write(w).await
+        }
+        async fn acquire(
+            &self,
+            key: &RecordKey,
+            user: &str,
+            client: &str,
+            ttl_ms: i64,
+            takeover: bool,
+        ) -> StoreResult<Acquired> {
+            self.inner
+                .acquire(key, user, client, ttl_ms, takeover)
+                .await
+        }
+        async fn renew(
+            &self,
+            key: &RecordKey,
+            token: i64,
+            ttl_ms: i64,
+        ) -> StoreResult<Option<Lock>> {
+            self.inner.renew(key, token, ttl_ms).await
+        }
+        async fn release(
+            &self,
+            key: &RecordKey,
+            token: i64,
+            by: &str,
+        ) -> StoreResult<Option<Lock>> {
+            self.inner.release(key, token, by).await
+        }
+        async fn force_release(&self, key: &RecordKey, by: &str) -> StoreResult<Option<Lock>> {
+            self.inner.force_release(key, by).await
+        }
+        async fn lock_status(&self, key: &RecordKey) -> StoreResult<Option<Lock>> {
+            self.inner.lock_status(key).await
+        }
+        async fn expire_locks(&self) -> StoreResult<Vec<(String, Lock)>> {
+            self.inner.expire_locks().await
+        }
+        async fn release_abandoned(
+            &self,
+            grace_ms: i64,
+            node_ttl_ms: i64,
+        ) -> StoreResult<Vec<(String, Lock)>> {
+            self.inner.release_abandoned(grace_ms, node_ttl_ms).await
+        }
+        async fn heartbeat(
+            &self,
+            node_id: &str,
+            node_name: &str,
+            added: &[(String, String)],
+            removed: &[(String, String)],
+            node_ttl_ms: i64,
+        ) -> StoreResult<()> {
+            self.inner
+                .heartbeat(node_id, node_name, added, removed, node_ttl_ms)
+                .await
+        }
+        async fn forget_node(&self, node_id: &str) -> StoreResult<()> {
+            self.inner.forget_node(node_id).await
+        }
+        async fn save_draft(
+            &self,
+            key: &RecordKey,
+            user: &str,
+            fields: &Map<String, Value>,
+        ) -> StoreResult<i64> {
+            self.inner.save_draft(key, user, fields).await
+        }
+        async fn get_draft(
+            &self,
+            key: &RecordKey,
+            user: &str,
+        ) -> StoreResult<Option<(Map<String, Value>, i64)>> {
+            self.inner.get_draft(key, user).await
+        }
+        async fn claim_outbox(&self, limit: i64, lease_ms: i64) -> StoreResult<Vec<OutboxEvent>> {
+            self.inner.claim_outbox(limit, lease_ms).await
+        }
+        async fn ack_outbox(&self, ids: &[i64]) -> StoreResult<()> {
+            self.inner.ack_outbox(ids).await
+        }
+        async fn retry_outbox(&self, id: i64, delay_ms: i64) -> StoreResult<()> {
+            self.inner.retry_outbox(id, delay_ms).await
+        }
+        async fn change_version(&self, tenant: &str) -> StoreResult<i64> {
+            self.inner.change_version(tenant).await
+        }
+        async fn merge_write(&self, m: MergeWrite) -> StoreResult<Merged> {
+            self.inner.merge_write(m).await
+        }
+        async fn push_mutation(
+            &self,
+            tenant: &str,
+            client: &str,
+            user: &str,
+            seq: i64,
+            plan: MutationPlan,
+        ) -> StoreResult<PushStep> {
+            if self.pushes.fetch_add(1, Ordering::SeqCst) == self.fail_after {
+                return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
+            }
+            self.inner
+                .push_mutation(tenant, client, user, seq, plan)
+                .await
+        }
+        async fn last_seq(&self, tenant: &str, client: &str) -> StoreResult<i64> {
+            self.inner.last_seq(tenant, client).await
+        }
+        async fn pull(
+            &self,
+            tenant: &str,
+            cursor: i64,
+            entities: &[String],
+            limit: i64,
+        ) -> StoreResult<Pulled> {
+            self.inner.pull(tenant, cursor, entities, limit).await
+        }
+        async fn list_conflicts(
+            &self,
+            tenant: &str,
+            filter: &ConflictFilter,
+        ) -> StoreResult<Vec<StoredConflict>> {
+            self.inner.list_conflicts(tenant, filter).await
+        }
+        async fn get_conflict(&self, tenant: &str, id: i64) -> StoreResult<Option<StoredConflict>> {
+            self.inner.get_conflict(tenant, id).await
+        }
+        async fn resolve_conflict(
+            &self,
+            tenant: &str,
+            id: i64,
+            by: &str,
+            resolution: &str,
+            patch: Map<String, Value>,
+        ) -> StoreResult<(StoredConflict, Option<Committed>)> {
+            self.inner
+                .resolve_conflict(tenant, id, by, resolution, patch)
+                .await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transient_fault_stops_the_batch_with_a_retryable_error_and_the_retry_sees_duplicates()
+     {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let inner = crate::store::sqlite::SqliteStore::open(&dir.path().join("t.db"))
+            .await
+            .expect("open");
+        inner.migrate().await.expect("migrate");
+        let store = Arc::new(Flaky {
+            inner,
+            pushes: AtomicUsize::new(0),
+            fail_after: 2,
+        });
+        let service = RecordService::new(store, RecordsConfig::default(), Default::default());
+        let ann = Caller::user("t", "ann", "c1", false);
+        let batch = json!({"client_id": "phone", "mutations": (1..=4).map(|seq| json!({
+            "seq": seq, "entity": "deals", "id": format!("d{seq}"), "base_version": 0, "fields": {"n": seq}
+        })).collect::<Vec<_>>()});
+        let d = batch.as_object().cloned().unwrap_or_default();
+        let err = service
+            .offline_push(&ann, &d)
+            .await
+            .expect_err("third push fails");
+        assert!(err.is_temporary(), "{err:?}");
+        let r = service.offline_push(&ann, &d).await.expect("retry");
+        let statuses: Vec<&str> = r["results"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v["status"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(statuses, ["duplicate", "duplicate", "applied", "applied"]);
+        assert_eq!(r["last_seq"], 4);
+    }
 
     #[test]
     fn a_duplicate_keeps_the_stored_result_and_its_original_status() {

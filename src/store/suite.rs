@@ -1004,4 +1004,48 @@ async fn resolving_a_conflict_writes_the_choice_once_and_keeps_the_history(store
             .iter()
             .any(|e| e.channel == "conflicts" && e.payload.contains("conflict.resolved"))
     );
+    // Filters and paging: a second, open conflict on another entity.
+    let other = RecordKey::new("t1", "contacts", "r2");
+    store
+        .write(update(&other, Some(0), json!({"A": 1}), "ann"))
+        .await
+        .unwrap();
+    store
+        .write(update(&other, Some(1), json!({"A": 2}), "bob"))
+        .await
+        .unwrap();
+    let second = store
+        .merge_write(merge(&other, 1, json!({"A": 1}), json!({"A": 3}), "cat"))
+        .await
+        .unwrap()
+        .conflict
+        .expect("open conflict")
+        .id;
+    let list = |status: Option<&str>, entity: Option<&str>, after: i64, limit: i64| {
+        let store = store.clone();
+        let filter = ConflictFilter {
+            status: status.map(str::to_owned),
+            entity: entity.map(str::to_owned),
+            after,
+            limit,
+        };
+        async move {
+            store
+                .list_conflicts("t1", &filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(None, None, 0, 10).await, vec![id, second]);
+    assert_eq!(list(None, None, 0, 1).await, vec![id]);
+    assert_eq!(list(None, None, id, 1).await, vec![second]);
+    assert_eq!(list(Some("resolved"), None, 0, 10).await, vec![id]);
+    assert_eq!(
+        list(Some("open"), Some("contacts"), 0, 10).await,
+        vec![second]
+    );
+    assert!(list(Some("open"), Some("deals"), 0, 10).await.is_empty());
 }
