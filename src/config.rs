@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::conflict::ConflictRules;
+
 /// A secret value: printed as `***`, compared in constant time by its users.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
@@ -82,6 +84,10 @@ pub struct Config {
     pub encryption_key: Option<Secret>,
     pub zoho: ZohoConfig,
     pub records: RecordsConfig,
+    /// Conflict rules per entity (`[conflicts.<entity>]`; see
+    /// [`ConflictRules`] for the shape). An entity without a table merges
+    /// one-sided changes and sends true conflicts to review.
+    pub conflicts: ConflictRules,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -409,6 +415,7 @@ impl Default for Config {
             encryption_key: None,
             zoho: ZohoConfig::default(),
             records: RecordsConfig::default(),
+            conflicts: ConflictRules::default(),
         }
     }
 }
@@ -686,6 +693,19 @@ impl Config {
         if r.outbox_poll.is_zero() || r.max_id_length == 0 || r.max_fields_bytes < 1024 {
             return bad("records.outbox_poll and max_id_length must be positive, max_fields_bytes at least 1024".into());
         }
+        self.conflicts
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(entity) = self
+            .conflicts
+            .entities
+            .keys()
+            .find(|e| !r.entities.contains(e))
+        {
+            return bad(format!(
+                "conflicts.{entity}: not one of records.entities, so its rules could never apply"
+            ));
+        }
         if let Some(path) = &self.auth.token_public_key {
             let pem = std::fs::read(path).map_err(|e| {
                 ConfigError::Invalid(format!("auth.token_public_key {}: {e}", path.display()))
@@ -790,6 +810,44 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9100");
         assert_eq!(c.client.max_channels, 7);
         assert_eq!(c.tenants["acme"].api_key.expose(), "acme-key-0123456789");
+    }
+
+    fn from_file(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("synchub-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load_from(Some(&path), &env(&[]))
+    }
+
+    #[test]
+    fn conflict_rules_are_read_per_entity_from_the_file() {
+        let c = from_file(
+            "[conflicts.deals]\nstrategy = \"last_write_wins\"\nfallback = \"remote_wins\"\ncritical_fields = [\"Amount\"]\n[conflicts.deals.fields]\nNotes = \"merge_text\"\n",
+        )
+        .unwrap();
+        let deals = c.conflicts.for_entity("deals");
+        assert_eq!(
+            deals.strategy_for("Stage"),
+            crate::domain::conflict::Strategy::LastWriteWins
+        );
+        assert_eq!(
+            deals.strategy_for("Notes"),
+            crate::domain::conflict::Strategy::MergeText
+        );
+        assert!(deals.is_critical("Amount"));
+    }
+
+    #[test]
+    fn conflict_rules_that_cannot_mean_anything_are_refused_at_start() {
+        let bad_fallback = from_file("[conflicts.deals]\nfallback = \"merge\"\n");
+        assert!(matches!(bad_fallback, Err(ConfigError::Invalid(m)) if m.contains("fallback")));
+        let unknown_strategy = from_file("[conflicts.deals]\nstrategy = \"coin_flip\"\n");
+        assert!(matches!(unknown_strategy, Err(ConfigError::Parse { .. })));
+        let unknown_entity = from_file("[conflicts.widgets]\nstrategy = \"manual\"\n");
+        assert!(
+            matches!(unknown_entity, Err(ConfigError::Invalid(m)) if m.contains("conflicts.widgets"))
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //! - `hub`: node-local registry of sessions and subscriptions, fan-out, position tracking.
 //! - `broker`: the broker and presence traits and the in-memory implementation.
 //! - `rpc`: the RPC method table behind the protocol's `rpc` command.
-//! - `records`: the record and lock service (RPC methods, `/v1/records`), the outbox relay, lease and liveness tasks.
-//! - `store`: records, field changes, edit locks, drafts, the event outbox (SQLite | PostgreSQL).
+//! - `records`: the record and lock service (RPC methods, `/v1/records`), offline push/pull and conflict review (`offline.*`, `/v1/offline`, `/v1/conflicts`), the outbox relay, lease and liveness tasks.
+//! - `store`: records, field changes, edit locks, drafts, the event outbox, offline client queues and results, conflicts (SQLite | PostgreSQL).
 //! - `api`: HTTP routes: the Centrifugo-compatible server API, health, readiness, metrics.
 //! - `metrics`: metric names and the Prometheus exporter.
 //! - `domain`: pure logic without I/O: the conflict engine (three-way field merge, strategies, severity).

@@ -179,7 +179,7 @@ impl Application {
 
         let store = crate::store::open(&config).await?;
         tracing::info!(backend = store.backend(), "store ready");
-        let records = RecordService::new(store, config.records.clone());
+        let records = RecordService::new(store, config.records.clone(), config.conflicts.clone());
         let liveness = Liveness::new(&hub.node.id, &hub.node.name);
 
         let mut registry = RpcRegistry::new();

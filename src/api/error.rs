@@ -44,6 +44,7 @@ impl ApiError {
                 ServiceError::UnknownEntity(_) | ServiceError::NotFound => StatusCode::NOT_FOUND,
                 ServiceError::AlreadyExists
                 | ServiceError::VersionConflict { .. }
+                | ServiceError::ConflictClosed
                 | ServiceError::LockLost { .. } => StatusCode::CONFLICT,
                 ServiceError::LockHeld { .. } => StatusCode::LOCKED,
                 ServiceError::Forbidden => StatusCode::FORBIDDEN,

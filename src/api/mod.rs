@@ -4,6 +4,7 @@
 //! map the error.
 
 pub mod error;
+pub mod offline;
 pub mod records;
 pub mod server;
 
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(records::routes())
+        .merge(offline::routes())
         .with_state(state)
         .merge(ws)
 }

@@ -37,7 +37,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Finds who is calling: an API key (a backend of that tenant) or a bearer JWT (a user).
-fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(super) fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return state
             .tenant_for_key(key)
@@ -62,7 +62,7 @@ fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     Ok(Caller::user(&t.tenant, &t.user, "", admin))
 }
 
-fn body_object(body: Option<Json<Value>>) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn body_object(body: Option<Json<Value>>) -> Result<Map<String, Value>, ApiError> {
     match body {
         Some(Json(Value::Object(m))) => Ok(m),
         None => Ok(Map::new()),
@@ -70,9 +70,9 @@ fn body_object(body: Option<Json<Value>>) -> Result<Map<String, Value>, ApiError
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
-fn ok(v: Value) -> ApiResult {
+pub(super) fn ok(v: Value) -> ApiResult {
     Ok(Json(v).into_response())
 }
 

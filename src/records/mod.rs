@@ -6,6 +6,7 @@
 //! before it is committed and nothing committed goes unannounced.
 
 pub mod input;
+pub mod offline;
 pub mod rpc;
 pub mod tasks;
 
@@ -15,9 +16,10 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Notify;
 
 use crate::config::RecordsConfig;
+use crate::domain::conflict::ConflictRules;
 use crate::store::{
-    Acquired, Lock, Record, RecordKey, SharedStore, Source, StoreError, Write, WriteKind,
-    lock_view, record_view, rfc3339_ms,
+    Acquired, Lock, MergeStatus, MergeWrite, Record, RecordKey, SharedStore, Source, StoreError,
+    StoredConflict, Write, WriteKind, conflict_view, lock_view, record_view, rfc3339_ms,
 };
 
 pub use tasks::Liveness;
@@ -70,8 +72,16 @@ pub enum ServiceError {
     NotFound,
     #[error("record already exists")]
     AlreadyExists,
+    /// A stale base version: `conflict` is the stored field conflict when
+    /// the three-way merge left fields for review.
     #[error("record changed since version {base}: current version is {}", current.version)]
-    VersionConflict { base: i64, current: Box<Record> },
+    VersionConflict {
+        base: i64,
+        current: Box<Record>,
+        conflict: Option<Box<StoredConflict>>,
+    },
+    #[error("this conflict is already resolved")]
+    ConflictClosed,
     #[error("the lock is no longer held with this token")]
     LockLost { current: Option<Box<Lock>> },
     #[error("{} is editing this record", lock.holder)]
@@ -92,6 +102,7 @@ impl ServiceError {
             ServiceError::NotFound => "not_found",
             ServiceError::AlreadyExists => "already_exists",
             ServiceError::VersionConflict { .. } => "version_conflict",
+            ServiceError::ConflictClosed => "conflict_closed",
             ServiceError::LockLost { .. } => "lock_lost",
             ServiceError::LockHeld { .. } => "lock_held",
             ServiceError::Forbidden => "forbidden",
@@ -106,7 +117,7 @@ impl ServiceError {
             ServiceError::InvalidInput(_) => 400,
             ServiceError::Forbidden => 403,
             ServiceError::NotFound => 404,
-            ServiceError::VersionConflict { .. } => 409,
+            ServiceError::VersionConflict { .. } | ServiceError::ConflictClosed => 409,
             ServiceError::LockLost { .. } => 410,
             ServiceError::AlreadyExists => 412,
             ServiceError::UnknownEntity(_) => 422,
@@ -125,9 +136,16 @@ impl ServiceError {
     pub fn body(&self) -> Value {
         let mut v = json!({"code": self.code(), "message": self.to_string()});
         match self {
-            ServiceError::VersionConflict { base, current } => {
+            ServiceError::VersionConflict {
+                base,
+                current,
+                conflict,
+            } => {
                 v["base_version"] = json!(base);
                 v["current"] = record_view(current);
+                if let Some(c) = conflict {
+                    v["conflict"] = conflict_view(c);
+                }
             }
             ServiceError::LockLost { current } => {
                 v["lock"] = current.as_deref().map_or(Value::Null, lock_view);
@@ -144,8 +162,14 @@ impl From<StoreError> for ServiceError {
         match e {
             StoreError::NotFound => ServiceError::NotFound,
             StoreError::AlreadyExists => ServiceError::AlreadyExists,
-            StoreError::Conflict { base, current } => {
-                ServiceError::VersionConflict { base, current }
+            StoreError::Conflict { base, current } => ServiceError::VersionConflict {
+                base,
+                current,
+                conflict: None,
+            },
+            StoreError::ConflictClosed => ServiceError::ConflictClosed,
+            StoreError::ClientTaken => {
+                ServiceError::InvalidInput("this client_id belongs to another user".into())
             }
             StoreError::LockLost { current } => ServiceError::LockLost {
                 current: current.map(Box::new),
@@ -171,15 +195,18 @@ pub type ServiceResult = Result<Value, ServiceError>;
 pub struct RecordService {
     store: SharedStore,
     config: RecordsConfig,
+    /// Per-entity conflict rules (`[conflicts.<entity>]`), validated at start.
+    rules: ConflictRules,
     /// Wakes the outbox relay after a commit that wrote events.
     relay: Arc<Notify>,
 }
 
 impl RecordService {
-    pub fn new(store: SharedStore, config: RecordsConfig) -> Arc<Self> {
+    pub fn new(store: SharedStore, config: RecordsConfig, rules: ConflictRules) -> Arc<Self> {
         Arc::new(Self {
             store,
             config,
+            rules,
             relay: Arc::new(Notify::new()),
         })
     }
@@ -260,7 +287,11 @@ impl RecordService {
     }
 
     /// `record.update`, `PATCH /v1/records/{entity}/{id}`: base version 0
-    /// creates a record that does not exist yet.
+    /// creates a record that does not exist yet. A stale base version goes
+    /// through the same three-way merge as an offline mutation: fields the
+    /// rules decide are written (`status: merged`); fields left for review
+    /// are queued and the call fails with `version_conflict` carrying the
+    /// conflict and the record as it now is.
     pub async fn update(
         &self,
         caller: &Caller,
@@ -275,11 +306,37 @@ impl RecordService {
         w.base_version = Some(base_version);
         w.fields = self.fields(fields)?;
         w.lock_token = lock_token;
-        let c = self.store.write(w).await?;
-        if !c.changed.is_empty() {
+        let rules = self.rules.for_entity(&w.key.entity).into_owned();
+        let m = self
+            .store
+            .merge_write(MergeWrite {
+                write: w,
+                base: Map::new(),
+                // The online edit is being made now.
+                at: Some(time::OffsetDateTime::now_utc()),
+                rules,
+                origin: None,
+            })
+            .await?;
+        if !m.committed.changed.is_empty() || m.conflict.is_some() {
             self.committed();
         }
-        Ok(json!({ "record": record_view(&c.record), "changed": c.changed }))
+        if m.status == MergeStatus::Conflict {
+            return Err(ServiceError::VersionConflict {
+                base: base_version,
+                current: Box::new(m.committed.record),
+                conflict: m.conflict.map(Box::new),
+            });
+        }
+        let mut out = json!({
+            "record": record_view(&m.committed.record),
+            "changed": m.committed.changed,
+            "status": m.status.as_str(),
+        });
+        if let Some(c) = &m.conflict {
+            out["conflict"] = conflict_view(c);
+        }
+        Ok(out)
     }
 
     /// `POST /v1/records/{entity}`: a new record (id generated when absent).

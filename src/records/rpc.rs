@@ -42,7 +42,7 @@ where
     });
 }
 
-/// Adds `record.*`, `lock.*` and `draft.*`.
+/// Adds `record.*`, `lock.*`, `draft.*` and `offline.*`.
 pub fn register(registry: &mut RpcRegistry, service: &Arc<RecordService>) {
     method(registry, service, "record.get", |s, c, d| async move {
         s.get(&c, string(&d, "entity")?, string(&d, "id")?).await
@@ -108,6 +108,13 @@ pub fn register(registry: &mut RpcRegistry, service: &Arc<RecordService>) {
             fields(&d, "fields")?,
         )
         .await
+    });
+    method(registry, service, "offline.push", |s, c, d| async move {
+        s.offline_push(&c, &d).await
+    });
+    method(registry, service, "offline.pull", |s, c, d| async move {
+        s.offline_pull(&c, super::offline::PullRequest::from_data(&d)?)
+            .await
     });
     method(registry, service, "draft.get", |s, c, d| async move {
         s.draft_get(&c, string(&d, "entity")?, string(&d, "id")?)

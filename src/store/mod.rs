@@ -21,7 +21,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-pub use shared::{RecordKey, Source, events, lock_view, now_rfc3339, record_view, rfc3339_ms};
+use crate::domain::conflict::{EntityRules, FieldConflict};
+
+pub use shared::{
+    RecordKey, Source, conflict_view, events, lock_view, now_rfc3339, record_view, rfc3339_ms,
+};
 
 /// A record as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +91,124 @@ pub struct Committed {
     pub changed: Vec<String>,
 }
 
+/// A write that goes through the conflict engine when its base version is
+/// stale (DESIGN.md §2-§3).
+#[derive(Debug, Clone)]
+pub struct MergeWrite {
+    /// `base_version` is the version the writer started from.
+    pub write: Write,
+    /// The writer's base value of each field it changed; a field missing
+    /// here is looked up in the field change log at `base_version`.
+    pub base: Map<String, Value>,
+    /// When the writer made the change (a mutation's `at`); `None` is unknown.
+    pub at: Option<time::OffsetDateTime>,
+    pub rules: EntityRules,
+    /// The offline client and mutation seq, kept with a conflict.
+    pub origin: Option<(String, i64)>,
+}
+
+/// How a merge write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeStatus {
+    /// The base version was current: written as is.
+    Applied,
+    /// The base was stale; every field was decided (one-sided changes, or
+    /// conflicts a rule resolved) and written.
+    Merged,
+    /// At least one field needs a person: the decided fields were written,
+    /// the rest queued in the conflicts table.
+    Conflict,
+}
+
+impl MergeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MergeStatus::Applied => "applied",
+            MergeStatus::Merged => "merged",
+            MergeStatus::Conflict => "conflict",
+        }
+    }
+}
+
+/// A committed merge write.
+#[derive(Debug, Clone)]
+pub struct Merged {
+    pub committed: Committed,
+    pub status: MergeStatus,
+    /// The stored conflict, when any field was changed on both sides.
+    pub conflict: Option<StoredConflict>,
+}
+
+/// A row of the conflicts table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredConflict {
+    pub id: i64,
+    pub entity: String,
+    pub record_id: String,
+    pub base_version: i64,
+    pub version: i64,
+    pub source: String,
+    pub by: String,
+    pub client_id: Option<String>,
+    pub seq: Option<i64>,
+    pub base: Map<String, Value>,
+    pub local: Map<String, Value>,
+    pub remote: Map<String, Value>,
+    pub fields: Vec<FieldConflict>,
+    /// The entity's configured strategy.
+    pub strategy: String,
+    /// The highest severity of its field conflicts.
+    pub severity: String,
+    /// `open` (a field waits for a person) or `resolved`.
+    pub status: String,
+    /// Every resolution: `[{at, by, resolution, fields}]`.
+    pub history: Vec<Value>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What a push does with one mutation once its seq is next.
+#[derive(Debug, Clone)]
+pub enum MutationPlan {
+    Apply(Box<MergeWrite>),
+    /// It can never apply (bad input): the seq still advances.
+    Reject {
+        code: String,
+        message: String,
+    },
+}
+
+/// The outcome of one pushed mutation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushStep {
+    /// Committed now: the result stored with it.
+    Done(Value),
+    /// At or below `last_seq`: the stored result (`Null` when pruned).
+    Duplicate(Value),
+    /// Not the next seq: nothing was written.
+    Gap { last_seq: i64 },
+}
+
+/// A page of changes after a cursor.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// Each changed record (tombstones included) with its change version,
+    /// in change-version order.
+    pub changes: Vec<(Record, i64)>,
+    pub cursor: i64,
+    pub more: bool,
+}
+
+/// A conflicts listing filter.
+#[derive(Debug, Clone, Default)]
+pub struct ConflictFilter {
+    pub status: Option<String>,
+    pub entity: Option<String>,
+    /// Only ids above this one (paging).
+    pub after: i64,
+    pub limit: i64,
+}
+
 /// The answer to an acquire.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquired {
@@ -120,6 +242,12 @@ pub enum StoreError {
     /// Another user holds a live lock and the write carried no token.
     #[error("another user holds the lock")]
     LockHeld { lock: Lock },
+    /// The conflict is already resolved (or was never open).
+    #[error("the conflict is not open")]
+    ConflictClosed,
+    /// The client id belongs to another user of the tenant.
+    #[error("this client id belongs to another user")]
+    ClientTaken,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -244,6 +372,65 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest change version of a tenant (0 before any change).
     async fn change_version(&self, tenant: &str) -> StoreResult<i64>;
+
+    /// Like [`Store::write`] (same fence, same events), but a stale base
+    /// version goes through the conflict engine instead of failing: the
+    /// base is the writer's `base` values, else the change log at
+    /// `base_version`; the remote side is the stored record. Field
+    /// conflicts are stored (with `conflict.detected` events when one is
+    /// left open) in the same transaction.
+    async fn merge_write(&self, m: MergeWrite) -> StoreResult<Merged>;
+
+    /// Applies one offline mutation of `client` (Replicache model): in one
+    /// transaction, reads the client's `last_seq` for update; a seq at or
+    /// below it returns the stored result; a seq above `last_seq + 1` is a
+    /// gap and writes nothing; otherwise applies the plan (a permanent
+    /// failure becomes a `rejected` result), stores the result built by
+    /// `result` and advances `last_seq`. A transient error has written
+    /// nothing.
+    async fn push_mutation(
+        &self,
+        tenant: &str,
+        client: &str,
+        user: &str,
+        seq: i64,
+        plan: MutationPlan,
+    ) -> StoreResult<PushStep>;
+
+    /// The client's `last_seq` (0 when unknown).
+    async fn last_seq(&self, tenant: &str, client: &str) -> StoreResult<i64>;
+
+    /// Records changed after change version `cursor`, oldest change first,
+    /// at most `limit`, optionally only of `entities`. The new cursor never
+    /// passes a version that is not yet committed.
+    async fn pull(
+        &self,
+        tenant: &str,
+        cursor: i64,
+        entities: &[String],
+        limit: i64,
+    ) -> StoreResult<Pulled>;
+
+    async fn list_conflicts(
+        &self,
+        tenant: &str,
+        filter: &ConflictFilter,
+    ) -> StoreResult<Vec<StoredConflict>>;
+
+    async fn get_conflict(&self, tenant: &str, id: i64) -> StoreResult<Option<StoredConflict>>;
+
+    /// Resolves an open conflict: writes `patch` to the record (no version
+    /// check: the person saw both sides), marks the conflict resolved,
+    /// appends `{at, by, resolution, fields}` to its history and announces
+    /// `conflict.resolved`, in one transaction.
+    async fn resolve_conflict(
+        &self,
+        tenant: &str,
+        id: i64,
+        by: &str,
+        resolution: &str,
+        patch: Map<String, Value>,
+    ) -> StoreResult<(StoredConflict, Option<Committed>)>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

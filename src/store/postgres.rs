@@ -41,11 +41,18 @@ impl PgStore {
     }
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "records and locks",
-    include_str!("../../migrations/postgres/0001_records_and_locks.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "records and locks",
+        include_str!("../../migrations/postgres/0001_records_and_locks.sql"),
+    ),
+    (
+        2,
+        "offline and conflicts",
+        include_str!("../../migrations/postgres/0002_offline_and_conflicts.sql"),
+    ),
+];
 
 sql_store!(PgStore, sqlx::Postgres, "postgres");
 
@@ -98,6 +105,19 @@ macro_rules! record_select {
             ms!("updated_at"),
             ", updated_by, (CASE WHEN deleted THEN 1 ELSE 0 END)::bigint, zoho_id ",
             "FROM records WHERE tenant = $1 AND entity = $2 AND id = $3"
+        )
+    };
+}
+
+macro_rules! conflict_select {
+    () => {
+        concat!(
+            "SELECT id, entity, record_id, base_version, version, source, by_user, client_id, seq, ",
+            "base::text, local::text, remote::text, fields::text, strategy, severity, status, history::text, ",
+            ms!("created_at"),
+            ", ",
+            ms!("updated_at"),
+            " FROM conflicts"
         )
     };
 }
@@ -230,5 +250,47 @@ mod q {
         "UPDATE outbox SET claimed_until = ",
         now_plus!("$2"),
         " WHERE id = $1"
+    );
+
+    pub const BASE_VALUE: &str = "SELECT old_value::text FROM field_changes WHERE tenant = $1 AND entity = $2 \
+         AND record_id = $3 AND field = $4 AND version > $5 ORDER BY version LIMIT 1";
+    pub const ENSURE_CLIENT: &str = "INSERT INTO sync_clients (tenant, client_id, user_id, last_seq, last_seen_at) \
+         VALUES ($1, $2, $3, 0, now()) ON CONFLICT (tenant, client_id) DO NOTHING";
+    pub const CLIENT_FOR_UPDATE: &str = "SELECT user_id, last_seq FROM sync_clients WHERE tenant = $1 AND client_id = $2 FOR UPDATE";
+    pub const LAST_SEQ: &str =
+        "SELECT last_seq FROM sync_clients WHERE tenant = $1 AND client_id = $2";
+    pub const STORED_RESULT: &str = "SELECT result::text FROM client_mutations WHERE tenant = $1 AND client_id = $2 AND seq = $3";
+    pub const INSERT_RESULT: &str = "INSERT INTO client_mutations (tenant, client_id, seq, status, result, applied_at) \
+         VALUES ($1, $2, $3, $4, $5::jsonb, now())";
+    pub const SET_LAST_SEQ: &str = "UPDATE sync_clients SET last_seq = $3, last_seen_at = now() \
+         WHERE tenant = $1 AND client_id = $2";
+    pub const PULL: &str = concat!(
+        "SELECT entity, id, version, fields::text, ",
+        ms!("updated_at"),
+        ", updated_by, (CASE WHEN deleted THEN 1 ELSE 0 END)::bigint, zoho_id, change_version ",
+        "FROM records WHERE tenant = $1 AND change_version > $2 AND change_version <= $3 ",
+        "AND ($4::text IS NULL OR entity IN (SELECT jsonb_array_elements_text($4::jsonb))) ",
+        "ORDER BY change_version LIMIT $5"
+    );
+    pub const INSERT_CONFLICT: &str = concat!(
+        "INSERT INTO conflicts (tenant, entity, record_id, base_version, version, source, by_user, client_id, seq, ",
+        "base, local, remote, fields, strategy, severity, status, history, created_at, updated_at) VALUES ",
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11::jsonb, $12::jsonb, $13::jsonb, $14, $15, $16, $17::jsonb, now(), now()) ",
+        "RETURNING id, ",
+        ms!("created_at")
+    );
+    pub const LIST_CONFLICTS: &str = concat!(
+        conflict_select!(),
+        " WHERE tenant = $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR entity = $3) AND id > $4 ORDER BY id LIMIT $5"
+    );
+    pub const GET_CONFLICT: &str = concat!(conflict_select!(), " WHERE tenant = $1 AND id = $2");
+    pub const CONFLICT_FOR_UPDATE: &str = concat!(
+        conflict_select!(),
+        " WHERE tenant = $1 AND id = $2 FOR UPDATE"
+    );
+    pub const SET_CONFLICT_RESOLVED: &str = concat!(
+        "UPDATE conflicts SET status = 'resolved', history = $3::jsonb, updated_at = now() ",
+        "WHERE tenant = $1 AND id = $2 RETURNING ",
+        ms!("updated_at")
     );
 }

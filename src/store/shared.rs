@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Lock, Record};
+use super::{Lock, Merged, Record, StoredConflict};
 
 /// Which tenant's record, parsed and validated at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -158,6 +158,18 @@ pub mod events {
         v.to_string()
     }
 
+    /// `conflict.detected`, `conflict.resolved`.
+    pub fn conflict(kind: &str, c: &StoredConflict) -> String {
+        json!({
+            "type": kind,
+            "at": now_rfc3339(),
+            "entity": c.entity,
+            "id": c.record_id,
+            "conflict": conflict_view(c),
+        })
+        .to_string()
+    }
+
     pub fn taken_over(lock: &Lock, previous: &Lock) -> String {
         json!({
             "type": "lock.taken_over",
@@ -169,6 +181,56 @@ pub mod events {
         })
         .to_string()
     }
+}
+
+/// A conflict as `/v1/conflicts`, results and events show it.
+pub fn conflict_view(c: &StoredConflict) -> Value {
+    json!({
+        "id": c.id,
+        "entity": c.entity,
+        "record_id": c.record_id,
+        "base_version": c.base_version,
+        "version": c.version,
+        "source": c.source,
+        "by": c.by,
+        "client_id": c.client_id,
+        "seq": c.seq,
+        "base": c.base,
+        "local": c.local,
+        "remote": c.remote,
+        "fields": c.fields,
+        "strategy": c.strategy,
+        "severity": c.severity,
+        "status": c.status,
+        "history": c.history,
+        "created_at": rfc3339_ms(c.created_at),
+        "updated_at": rfc3339_ms(c.updated_at),
+    })
+}
+
+/// The stored (and returned) result of an offline mutation that applied.
+pub fn mutation_result(seq: i64, m: &Merged) -> Value {
+    let mut v = json!({
+        "seq": seq,
+        "status": m.status.as_str(),
+        "record": record_view(&m.committed.record),
+        "changed": m.committed.changed,
+    });
+    if let Some(c) = &m.conflict {
+        v["conflict"] = conflict_view(c);
+    }
+    v
+}
+
+/// The result of a mutation that can never apply.
+pub fn rejected_result(seq: i64, code: &str, message: &str) -> Value {
+    json!({"seq": seq, "status": "rejected", "error": {"code": code, "message": message}})
+}
+
+/// Unix milliseconds as a time, for the conflict engine's sides.
+pub fn ms_to_time(ms: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
 /// Applies a patch; returns the merged fields and the names that changed, sorted.
@@ -196,11 +258,16 @@ macro_rules! sql_store {
         type DbRow = <$db as sqlx::Database>::Row;
 
         use sqlx::Row as _;
-        use $crate::store::shared::{events, merge_fields};
-        use $crate::store::{
-            Acquired, Committed, Lock, OutboxEvent, Record, RecordKey, StoreError, StoreResult,
-            Write, WriteKind,
+        use $crate::domain::conflict::{Side, resolve};
+        use $crate::store::shared::{
+            events, merge_fields, ms_to_time, mutation_result, now_rfc3339, rejected_result,
         };
+        use $crate::store::{
+            Acquired, ConflictFilter, Committed, Lock, MergeStatus, MergeWrite, Merged,
+            MutationPlan, OutboxEvent, Pulled, PushStep, Record, RecordKey, Source, StoreError,
+            StoreResult, StoredConflict, Write, WriteKind,
+        };
+        use serde_json::{Map, Value, json};
 
         fn parse_fields(text: &str) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
             match serde_json::from_str(text) {
@@ -330,6 +397,345 @@ macro_rules! sql_store {
             Ok(out)
         }
 
+        /// The lock fence of a write, in share mode: a takeover waits for
+        /// this transaction's commit.
+        async fn fence(tx: &mut Tx<'_>, w: &Write) -> StoreResult<()> {
+            let key = &w.key;
+            let lock = lock_row(tx, q::LOCK_FOR_SHARE, key).await?;
+            let live_lock = lock.filter(|(_, live)| *live).map(|(l, _)| l);
+            match (w.lock_token, live_lock) {
+                (Some(token), Some(l))
+                    if l.epoch == token && (!w.respect_locks || l.holder == w.by) => {}
+                (Some(_), current) => return Err(StoreError::LockLost { current }),
+                (None, Some(l)) if w.respect_locks && l.holder != w.by => {
+                    return Err(StoreError::LockHeld { lock: l });
+                }
+                (None, _) => {}
+            }
+            Ok(())
+        }
+
+        /// A fenced write's effects: version check, record, change log,
+        /// change version and events. Commits nothing itself.
+        async fn apply(tx: &mut Tx<'_>, w: &Write) -> StoreResult<Committed> {
+            let key = &w.key;
+            let row = sqlx::query(q::RECORD_FOR_UPDATE)
+                .bind(&key.tenant)
+                .bind(&key.entity)
+                .bind(&key.id)
+                .fetch_optional(&mut **tx)
+                .await?;
+            let stored = row.as_ref().map(record_from).transpose()?;
+            let tomb_version = stored.as_ref().map_or(0, |r| r.version);
+            let live = stored.filter(|r| !r.deleted);
+            let check_base = |r: &Record| match w.base_version {
+                Some(base) if base != r.version => Err(StoreError::Conflict {
+                    base,
+                    current: Box::new(r.clone()),
+                }),
+                _ => Ok(()),
+            };
+            match (w.kind, &live) {
+                (WriteKind::Create, Some(_)) => return Err(StoreError::AlreadyExists),
+                (WriteKind::Create, None) => {}
+                (WriteKind::Update, None) if w.base_version == Some(0) => {}
+                (WriteKind::Update | WriteKind::Delete, None) => {
+                    return Err(StoreError::NotFound);
+                }
+                (WriteKind::Update | WriteKind::Delete, Some(r)) => check_base(r)?,
+            }
+            let empty = serde_json::Map::new();
+            let old = live.as_ref().map_or(&empty, |r| &r.fields);
+            let deleting = w.kind == WriteKind::Delete;
+            let (fields, changed) = if deleting {
+                (old.clone(), Vec::new())
+            } else {
+                merge_fields(old, &w.fields)
+            };
+            if !deleting && changed.is_empty() {
+                if let Some(r) = live {
+                    // Nothing to change: no version, no event.
+                    return Ok(Committed { record: r, changed });
+                }
+            }
+            let version = tomb_version + 1;
+            let change_version: i64 = sqlx::query(q::BUMP_CHANGE)
+                .bind(&key.tenant)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get(0)?;
+            let fields_text = serde_json::Value::Object(fields.clone()).to_string();
+            let updated_at: i64 = sqlx::query(q::UPSERT_RECORD)
+                .bind(&key.tenant)
+                .bind(&key.entity)
+                .bind(&key.id)
+                .bind(version)
+                .bind(&fields_text)
+                .bind(&w.by)
+                .bind(deleting)
+                .bind(change_version)
+                .fetch_one(&mut **tx)
+                .await?
+                .try_get(0)?;
+            for name in &changed {
+                let old_value = old.get(name).map(|v| v.to_string());
+                let new_value = fields.get(name).map(|v| v.to_string());
+                sqlx::query(q::INSERT_FIELD_CHANGE)
+                    .bind(&key.tenant)
+                    .bind(&key.entity)
+                    .bind(&key.id)
+                    .bind(name)
+                    .bind(old_value)
+                    .bind(new_value)
+                    .bind(version)
+                    .bind(w.source.as_str())
+                    .bind(&w.by)
+                    .bind(change_version)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            let record = Record {
+                entity: key.entity.clone(),
+                id: key.id.clone(),
+                version,
+                fields,
+                updated_at,
+                updated_by: w.by.clone(),
+                deleted: deleting,
+                zoho_id: live.and_then(|r| r.zoho_id),
+            };
+            let payload = if deleting {
+                events::record_deleted(&record, w.source, &w.by)
+            } else {
+                events::record_changed(&record, &changed, w.source, &w.by)
+            };
+            outbox(tx, &key.tenant, &key.changes_channel(), &payload).await?;
+            outbox(tx, &key.tenant, &key.record_channel(), &payload).await?;
+            Ok(Committed { record, changed })
+        }
+
+
+        fn parse_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
+            serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+        }
+
+        /// Columns: see `conflict_select!` in the backend.
+        fn conflict_from(row: &DbRow) -> StoreResult<StoredConflict> {
+            Ok(StoredConflict {
+                id: row.try_get(0)?,
+                entity: row.try_get(1)?,
+                record_id: row.try_get(2)?,
+                base_version: row.try_get(3)?,
+                version: row.try_get(4)?,
+                source: row.try_get(5)?,
+                by: row.try_get(6)?,
+                client_id: row.try_get(7)?,
+                seq: row.try_get(8)?,
+                base: parse_fields(&row.try_get::<String, _>(9)?)?,
+                local: parse_fields(&row.try_get::<String, _>(10)?)?,
+                remote: parse_fields(&row.try_get::<String, _>(11)?)?,
+                fields: parse_json(&row.try_get::<String, _>(12)?, "conflict fields")?,
+                strategy: row.try_get(13)?,
+                severity: row.try_get(14)?,
+                status: row.try_get(15)?,
+                history: parse_json(&row.try_get::<String, _>(16)?, "conflict history")?,
+                created_at: row.try_get(17)?,
+                updated_at: row.try_get(18)?,
+            })
+        }
+
+        /// The value `field` had at `version`: the old value of its first
+        /// change after that version, else (never changed since) its
+        /// current value.
+        async fn base_value(
+            tx: &mut Tx<'_>,
+            key: &RecordKey,
+            field: &str,
+            version: i64,
+            current: &Map<String, Value>,
+        ) -> StoreResult<Value> {
+            let row = sqlx::query(q::BASE_VALUE)
+                .bind(&key.tenant)
+                .bind(&key.entity)
+                .bind(&key.id)
+                .bind(field)
+                .bind(version)
+                .fetch_optional(&mut **tx)
+                .await?;
+            match row {
+                Some(row) => match row.try_get::<Option<String>, _>(0)? {
+                    Some(text) => parse_json(&text, "field change"),
+                    None => Ok(Value::Null),
+                },
+                None => Ok(current.get(field).cloned().unwrap_or(Value::Null)),
+            }
+        }
+
+        /// A merge write inside a transaction (see [`Store::merge_write`]).
+        async fn merge_in(tx: &mut Tx<'_>, m: &MergeWrite) -> StoreResult<Merged> {
+            let w = &m.write;
+            let key = &w.key;
+            fence(tx, w).await?;
+            // Only an update from an older version of a live record merges
+            // (base version 0 included: two clients that created the same
+            // record merge from an empty base); everything else is the plain
+            // write with its plain checks.
+            let stale = match (w.kind, w.base_version) {
+                (WriteKind::Update, Some(base)) => {
+                    let row = sqlx::query(q::RECORD_FOR_UPDATE)
+                        .bind(&key.tenant)
+                        .bind(&key.entity)
+                        .bind(&key.id)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                    row.as_ref()
+                        .map(record_from)
+                        .transpose()?
+                        .filter(|r| !r.deleted && r.version > base)
+                }
+                _ => None,
+            };
+            let Some(current) = stale else {
+                let committed = apply(tx, w).await?;
+                return Ok(Merged {
+                    committed,
+                    status: MergeStatus::Applied,
+                    conflict: None,
+                });
+            };
+            let base_version = w.base_version.unwrap_or(0);
+            let mut base = Map::new();
+            for name in w.fields.keys() {
+                let value = match m.base.get(name) {
+                    Some(v) => v.clone(),
+                    None => base_value(tx, key, name, base_version, &current.fields).await?,
+                };
+                base.insert(name.clone(), value);
+            }
+            // The remote side is the stored record, narrowed to the fields
+            // the writer touched: only those can conflict.
+            let remote: Map<String, Value> = w
+                .fields
+                .keys()
+                .map(|k| (k.clone(), current.fields.get(k).cloned().unwrap_or(Value::Null)))
+                .collect();
+            let outcome = resolve(
+                &m.rules,
+                &base,
+                Side::new(&w.fields, m.at),
+                Side::new(&remote, Some(ms_to_time(current.updated_at))),
+            );
+            let mut patched = w.clone();
+            patched.base_version = Some(current.version);
+            patched.fields = outcome.changes_against(&current.fields);
+            let committed = apply(tx, &patched).await?;
+            let open = outcome.has_unresolved();
+            let status = if open {
+                MergeStatus::Conflict
+            } else {
+                MergeStatus::Merged
+            };
+            if outcome.conflicts.is_empty() {
+                return Ok(Merged {
+                    committed,
+                    status,
+                    conflict: None,
+                });
+            }
+            let severity = outcome
+                .conflicts
+                .iter()
+                .map(|c| c.severity)
+                .max()
+                .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "low".to_owned());
+            // A conflict every rule decided is history from the start; an
+            // open one waits for a person.
+            let history = if open {
+                Vec::new()
+            } else {
+                let decided: Map<String, Value> = outcome
+                    .conflicts
+                    .iter()
+                    .filter_map(|c| c.value.clone().map(|v| (c.field.clone(), v)))
+                    .collect();
+                vec![json!({"at": now_rfc3339(), "by": "rules", "resolution": "rules", "fields": decided})]
+            };
+            let (client_id, seq) = match &m.origin {
+                Some((c, s)) => (Some(c.clone()), Some(*s)),
+                None => (None, None),
+            };
+            let fields_json = serde_json::to_string(&outcome.conflicts)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let status_text = if open { "open" } else { "resolved" };
+            let history_json = Value::Array(history.clone()).to_string();
+            let row = sqlx::query(q::INSERT_CONFLICT)
+                .bind(&key.tenant)
+                .bind(&key.entity)
+                .bind(&key.id)
+                .bind(base_version)
+                .bind(committed.record.version)
+                .bind(w.source.as_str())
+                .bind(&w.by)
+                .bind(&client_id)
+                .bind(seq)
+                .bind(Value::Object(base.clone()).to_string())
+                .bind(Value::Object(w.fields.clone()).to_string())
+                .bind(Value::Object(remote.clone()).to_string())
+                .bind(&fields_json)
+                .bind(m.rules.strategy.as_str())
+                .bind(&severity)
+                .bind(status_text)
+                .bind(&history_json)
+                .fetch_one(&mut **tx)
+                .await?;
+            let created_at: i64 = row.try_get(1)?;
+            let conflict = StoredConflict {
+                id: row.try_get(0)?,
+                entity: key.entity.clone(),
+                record_id: key.id.clone(),
+                base_version,
+                version: committed.record.version,
+                source: w.source.as_str().to_owned(),
+                by: w.by.clone(),
+                client_id,
+                seq,
+                base,
+                local: w.fields.clone(),
+                remote,
+                fields: outcome.conflicts.clone(),
+                strategy: m.rules.strategy.as_str().to_owned(),
+                severity,
+                status: status_text.to_owned(),
+                history,
+                created_at,
+                updated_at: created_at,
+            };
+            if open {
+                let payload = events::conflict("conflict.detected", &conflict);
+                outbox(tx, &key.tenant, "conflicts", &payload).await?;
+                outbox(tx, &key.tenant, &key.record_channel(), &payload).await?;
+            }
+            Ok(Merged {
+                committed,
+                status,
+                conflict: Some(conflict),
+            })
+        }
+
+        /// A store error that no retry can cure: the mutation is rejected.
+        fn permanent_code(e: &StoreError) -> Option<&'static str> {
+            match e {
+                StoreError::NotFound => Some("not_found"),
+                StoreError::AlreadyExists => Some("already_exists"),
+                StoreError::Conflict { .. } => Some("version_conflict"),
+                StoreError::LockLost { .. } => Some("lock_lost"),
+                StoreError::LockHeld { .. } => Some("lock_held"),
+                _ => None,
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
             fn backend(&self) -> &'static str {
@@ -351,114 +757,11 @@ macro_rules! sql_store {
             }
 
             async fn write(&self, w: Write) -> StoreResult<Committed> {
-                let key = &w.key;
                 let mut tx = self.pool.begin().await?;
-                // The fence first, in share mode: a takeover waits for this commit.
-                let lock = lock_row(&mut tx, q::LOCK_FOR_SHARE, key).await?;
-                let live_lock = lock.filter(|(_, live)| *live).map(|(l, _)| l);
-                match (w.lock_token, live_lock) {
-                    (Some(token), Some(l))
-                        if l.epoch == token && (!w.respect_locks || l.holder == w.by) => {}
-                    (Some(_), current) => return Err(StoreError::LockLost { current }),
-                    (None, Some(l)) if w.respect_locks && l.holder != w.by => {
-                        return Err(StoreError::LockHeld { lock: l });
-                    }
-                    (None, _) => {}
-                }
-                let row = sqlx::query(q::RECORD_FOR_UPDATE)
-                    .bind(&key.tenant)
-                    .bind(&key.entity)
-                    .bind(&key.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let stored = row.as_ref().map(record_from).transpose()?;
-                let tomb_version = stored.as_ref().map_or(0, |r| r.version);
-                let live = stored.filter(|r| !r.deleted);
-                let check_base = |r: &Record| match w.base_version {
-                    Some(base) if base != r.version => Err(StoreError::Conflict {
-                        base,
-                        current: Box::new(r.clone()),
-                    }),
-                    _ => Ok(()),
-                };
-                match (w.kind, &live) {
-                    (WriteKind::Create, Some(_)) => return Err(StoreError::AlreadyExists),
-                    (WriteKind::Create, None) => {}
-                    (WriteKind::Update, None) if w.base_version == Some(0) => {}
-                    (WriteKind::Update | WriteKind::Delete, None) => {
-                        return Err(StoreError::NotFound);
-                    }
-                    (WriteKind::Update | WriteKind::Delete, Some(r)) => check_base(r)?,
-                }
-                let empty = serde_json::Map::new();
-                let old = live.as_ref().map_or(&empty, |r| &r.fields);
-                let deleting = w.kind == WriteKind::Delete;
-                let (fields, changed) = if deleting {
-                    (old.clone(), Vec::new())
-                } else {
-                    merge_fields(old, &w.fields)
-                };
-                if !deleting && changed.is_empty() {
-                    if let Some(r) = live {
-                        // Nothing to change: no version, no event.
-                        return Ok(Committed { record: r, changed });
-                    }
-                }
-                let version = tomb_version + 1;
-                let change_version: i64 = sqlx::query(q::BUMP_CHANGE)
-                    .bind(&key.tenant)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?;
-                let fields_text = serde_json::Value::Object(fields.clone()).to_string();
-                let updated_at: i64 = sqlx::query(q::UPSERT_RECORD)
-                    .bind(&key.tenant)
-                    .bind(&key.entity)
-                    .bind(&key.id)
-                    .bind(version)
-                    .bind(&fields_text)
-                    .bind(&w.by)
-                    .bind(deleting)
-                    .bind(change_version)
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?;
-                for name in &changed {
-                    let old_value = old.get(name).map(|v| v.to_string());
-                    let new_value = fields.get(name).map(|v| v.to_string());
-                    sqlx::query(q::INSERT_FIELD_CHANGE)
-                        .bind(&key.tenant)
-                        .bind(&key.entity)
-                        .bind(&key.id)
-                        .bind(name)
-                        .bind(old_value)
-                        .bind(new_value)
-                        .bind(version)
-                        .bind(w.source.as_str())
-                        .bind(&w.by)
-                        .bind(change_version)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let record = Record {
-                    entity: key.entity.clone(),
-                    id: key.id.clone(),
-                    version,
-                    fields,
-                    updated_at,
-                    updated_by: w.by.clone(),
-                    deleted: deleting,
-                    zoho_id: live.and_then(|r| r.zoho_id),
-                };
-                let payload = if deleting {
-                    events::record_deleted(&record, w.source, &w.by)
-                } else {
-                    events::record_changed(&record, &changed, w.source, &w.by)
-                };
-                outbox(&mut tx, &key.tenant, &key.changes_channel(), &payload).await?;
-                outbox(&mut tx, &key.tenant, &key.record_channel(), &payload).await?;
+                fence(&mut tx, &w).await?;
+                let c = apply(&mut tx, &w).await?;
                 tx.commit().await?;
-                Ok(Committed { record, changed })
+                Ok(c)
             }
 
             async fn acquire(
@@ -809,6 +1112,232 @@ macro_rules! sql_store {
                     Some(row) => row.try_get(0)?,
                     None => 0,
                 })
+            }
+
+            async fn merge_write(&self, m: MergeWrite) -> StoreResult<Merged> {
+                let mut tx = self.pool.begin().await?;
+                let merged = merge_in(&mut tx, &m).await?;
+                tx.commit().await?;
+                Ok(merged)
+            }
+
+            async fn push_mutation(
+                &self,
+                tenant: &str,
+                client: &str,
+                user: &str,
+                seq: i64,
+                plan: MutationPlan,
+            ) -> StoreResult<PushStep> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(q::ENSURE_CLIENT)
+                    .bind(tenant)
+                    .bind(client)
+                    .bind(user)
+                    .execute(&mut *tx)
+                    .await?;
+                // Held until commit: pushes of one client serialise here.
+                let row = sqlx::query(q::CLIENT_FOR_UPDATE)
+                    .bind(tenant)
+                    .bind(client)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let owner: String = row.try_get(0)?;
+                let last: i64 = row.try_get(1)?;
+                if owner != user {
+                    return Err(StoreError::ClientTaken);
+                }
+                if seq <= last {
+                    let row = sqlx::query(q::STORED_RESULT)
+                        .bind(tenant)
+                        .bind(client)
+                        .bind(seq)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let stored = match row {
+                        Some(row) => parse_json(&row.try_get::<String, _>(0)?, "mutation result")?,
+                        None => Value::Null,
+                    };
+                    tx.rollback().await?;
+                    return Ok(PushStep::Duplicate(stored));
+                }
+                if seq != last + 1 {
+                    tx.rollback().await?;
+                    return Ok(PushStep::Gap { last_seq: last });
+                }
+                let result = match plan {
+                    MutationPlan::Reject { code, message } => rejected_result(seq, &code, &message),
+                    MutationPlan::Apply(m) => match merge_in(&mut tx, &m).await {
+                        Ok(merged) => mutation_result(seq, &merged),
+                        // Permanent failures are found before anything is
+                        // written, so the transaction is still clean.
+                        Err(e) => match permanent_code(&e) {
+                            Some(code) => rejected_result(seq, code, &e.to_string()),
+                            None => return Err(e),
+                        },
+                    },
+                };
+                let status = result["status"].as_str().unwrap_or("rejected").to_owned();
+                sqlx::query(q::INSERT_RESULT)
+                    .bind(tenant)
+                    .bind(client)
+                    .bind(seq)
+                    .bind(&status)
+                    .bind(result.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(q::SET_LAST_SEQ)
+                    .bind(tenant)
+                    .bind(client)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(PushStep::Done(result))
+            }
+
+            async fn last_seq(&self, tenant: &str, client: &str) -> StoreResult<i64> {
+                let row = sqlx::query(q::LAST_SEQ)
+                    .bind(tenant)
+                    .bind(client)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(match row {
+                    Some(row) => row.try_get(0)?,
+                    None => 0,
+                })
+            }
+
+            async fn pull(
+                &self,
+                tenant: &str,
+                cursor: i64,
+                entities: &[String],
+                limit: i64,
+            ) -> StoreResult<Pulled> {
+                // Every version up to the head is committed (versions are
+                // handed out under the tenant row's lock), so a cursor at
+                // the head never skips a change still in flight.
+                let head = self.change_version(tenant).await?;
+                let filter = if entities.is_empty() {
+                    None
+                } else {
+                    Some(Value::from(entities.to_vec()).to_string())
+                };
+                let rows = sqlx::query(q::PULL)
+                    .bind(tenant)
+                    .bind(cursor)
+                    .bind(head)
+                    .bind(filter)
+                    .bind(limit + 1)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut changes = rows
+                    .iter()
+                    .map(|row| Ok((record_from(row)?, row.try_get::<i64, _>(8)?)))
+                    .collect::<StoreResult<Vec<_>>>()?;
+                let more = changes.len() as i64 > limit;
+                changes.truncate(limit.max(0) as usize);
+                let cursor = if more {
+                    changes.last().map_or(cursor, |(_, v)| *v)
+                } else {
+                    head.max(cursor)
+                };
+                Ok(Pulled {
+                    changes,
+                    cursor,
+                    more,
+                })
+            }
+
+            async fn list_conflicts(
+                &self,
+                tenant: &str,
+                filter: &ConflictFilter,
+            ) -> StoreResult<Vec<StoredConflict>> {
+                let rows = sqlx::query(q::LIST_CONFLICTS)
+                    .bind(tenant)
+                    .bind(&filter.status)
+                    .bind(&filter.entity)
+                    .bind(filter.after)
+                    .bind(filter.limit)
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(conflict_from).collect()
+            }
+
+            async fn get_conflict(
+                &self,
+                tenant: &str,
+                id: i64,
+            ) -> StoreResult<Option<StoredConflict>> {
+                let row = sqlx::query(q::GET_CONFLICT)
+                    .bind(tenant)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(conflict_from).transpose()
+            }
+
+            async fn resolve_conflict(
+                &self,
+                tenant: &str,
+                id: i64,
+                by: &str,
+                resolution: &str,
+                patch: Map<String, Value>,
+            ) -> StoreResult<(StoredConflict, Option<Committed>)> {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query(q::CONFLICT_FOR_UPDATE)
+                    .bind(tenant)
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let mut c = match row.as_ref().map(conflict_from).transpose()? {
+                    Some(c) => c,
+                    None => return Err(StoreError::NotFound),
+                };
+                if c.status != "open" {
+                    return Err(StoreError::ConflictClosed);
+                }
+                let key = RecordKey::new(tenant, c.entity.clone(), c.record_id.clone());
+                let committed = if patch.is_empty() {
+                    None
+                } else {
+                    // The person saw both sides: no version check, and no
+                    // edit lock stands in the way of a review decision.
+                    let w = Write {
+                        key: key.clone(),
+                        kind: WriteKind::Update,
+                        base_version: None,
+                        fields: patch.clone(),
+                        lock_token: None,
+                        respect_locks: false,
+                        by: by.to_owned(),
+                        source: Source::Local,
+                    };
+                    Some(apply(&mut tx, &w).await?)
+                };
+                c.history.push(json!({
+                    "at": now_rfc3339(),
+                    "by": by,
+                    "resolution": resolution,
+                    "fields": patch,
+                }));
+                let updated_at: i64 = sqlx::query(q::SET_CONFLICT_RESOLVED)
+                    .bind(tenant)
+                    .bind(id)
+                    .bind(Value::Array(c.history.clone()).to_string())
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+                c.status = "resolved".to_owned();
+                c.updated_at = updated_at;
+                let payload = events::conflict("conflict.resolved", &c);
+                outbox(&mut tx, tenant, "conflicts", &payload).await?;
+                outbox(&mut tx, tenant, &key.record_channel(), &payload).await?;
+                tx.commit().await?;
+                Ok((c, committed))
             }
         }
     };

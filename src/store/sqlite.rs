@@ -37,11 +37,18 @@ impl SqliteStore {
     }
 }
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "records and locks",
-    include_str!("../../migrations/sqlite/0001_records_and_locks.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "records and locks",
+        include_str!("../../migrations/sqlite/0001_records_and_locks.sql"),
+    ),
+    (
+        2,
+        "offline and conflicts",
+        include_str!("../../migrations/sqlite/0002_offline_and_conflicts.sql"),
+    ),
+];
 
 sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
 
@@ -72,6 +79,13 @@ macro_rules! holder_connected {
             now!(),
             " - $1)"
         )
+    };
+}
+
+macro_rules! conflict_select {
+    () => {
+        "SELECT id, entity, record_id, base_version, version, source, by_user, client_id, seq, \
+         base, local, remote, fields, strategy, severity, status, history, created_at, updated_at FROM conflicts"
     };
 }
 
@@ -208,5 +222,52 @@ mod q {
         "UPDATE outbox SET claimed_until = ",
         now!(),
         " + $2 WHERE id = $1"
+    );
+
+    pub const BASE_VALUE: &str = "SELECT old_value FROM field_changes WHERE tenant = $1 AND entity = $2 \
+         AND record_id = $3 AND field = $4 AND version > $5 ORDER BY version LIMIT 1";
+    pub const ENSURE_CLIENT: &str = concat!(
+        "INSERT INTO sync_clients (tenant, client_id, user_id, last_seq, last_seen_at) VALUES ($1, $2, $3, 0, ",
+        now!(),
+        ") ON CONFLICT (tenant, client_id) DO NOTHING"
+    );
+    pub const CLIENT_FOR_UPDATE: &str =
+        "SELECT user_id, last_seq FROM sync_clients WHERE tenant = $1 AND client_id = $2";
+    pub const LAST_SEQ: &str =
+        "SELECT last_seq FROM sync_clients WHERE tenant = $1 AND client_id = $2";
+    pub const STORED_RESULT: &str =
+        "SELECT result FROM client_mutations WHERE tenant = $1 AND client_id = $2 AND seq = $3";
+    pub const INSERT_RESULT: &str = concat!(
+        "INSERT INTO client_mutations (tenant, client_id, seq, status, result, applied_at) VALUES ($1, $2, $3, $4, $5, ",
+        now!(),
+        ")"
+    );
+    pub const SET_LAST_SEQ: &str = concat!(
+        "UPDATE sync_clients SET last_seq = $3, last_seen_at = ",
+        now!(),
+        " WHERE tenant = $1 AND client_id = $2"
+    );
+    pub const PULL: &str = "SELECT entity, id, version, fields, updated_at, updated_by, deleted, zoho_id, change_version \
+         FROM records WHERE tenant = $1 AND change_version > $2 AND change_version <= $3 \
+         AND ($4 IS NULL OR entity IN (SELECT value FROM json_each($4))) ORDER BY change_version LIMIT $5";
+    pub const INSERT_CONFLICT: &str = concat!(
+        "INSERT INTO conflicts (tenant, entity, record_id, base_version, version, source, by_user, client_id, seq, ",
+        "base, local, remote, fields, strategy, severity, status, history, created_at, updated_at) VALUES ",
+        "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, ",
+        now!(),
+        ", ",
+        now!(),
+        ") RETURNING id, created_at"
+    );
+    pub const LIST_CONFLICTS: &str = concat!(
+        conflict_select!(),
+        " WHERE tenant = $1 AND ($2 IS NULL OR status = $2) AND ($3 IS NULL OR entity = $3) AND id > $4 ORDER BY id LIMIT $5"
+    );
+    pub const GET_CONFLICT: &str = concat!(conflict_select!(), " WHERE tenant = $1 AND id = $2");
+    pub const CONFLICT_FOR_UPDATE: &str = GET_CONFLICT;
+    pub const SET_CONFLICT_RESOLVED: &str = concat!(
+        "UPDATE conflicts SET status = 'resolved', history = $3, updated_at = ",
+        now!(),
+        " WHERE tenant = $1 AND id = $2 RETURNING updated_at"
     );
 }

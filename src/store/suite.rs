@@ -135,6 +135,14 @@ on_both!(
     a_lock_whose_holder_left_is_released_after_the_grace_period,
     a_holder_who_reconnects_within_the_grace_period_keeps_the_lock,
     drafts_are_kept_per_user,
+    a_stale_merge_write_takes_one_sided_changes_and_queues_true_conflicts,
+    a_rule_that_decides_a_conflict_merges_and_records_it_as_resolved,
+    a_pushed_mutation_applies_once_and_a_duplicate_returns_the_stored_result,
+    a_gap_writes_nothing_and_a_rejected_mutation_still_advances_the_seq,
+    a_client_id_belongs_to_the_user_who_first_pushed_with_it,
+    concurrent_pushes_of_one_queue_apply_every_seq_exactly_once,
+    pull_pages_through_changes_after_the_cursor_and_filters_entities,
+    resolving_a_conflict_writes_the_choice_once_and_keeps_the_history,
 );
 
 fn key(tenant: &str, id: &str) -> RecordKey {
@@ -616,4 +624,428 @@ async fn drafts_are_kept_per_user(store: SharedStore) {
     assert_eq!(Value::Object(fields), json!({"Stage": "lost"}));
     assert!(at > 0);
     assert!(store.get_draft(&k, "bob").await.unwrap().is_none());
+}
+
+fn merge(k: &RecordKey, base_version: i64, base: Value, fields: Value, by: &str) -> MergeWrite {
+    let mut w = update(k, Some(base_version), fields, by);
+    w.respect_locks = false;
+    w.source = Source::Offline;
+    MergeWrite {
+        write: w,
+        base: obj(base),
+        at: None,
+        rules: crate::domain::conflict::EntityRules::default(),
+        origin: None,
+    }
+}
+
+fn apply_plan(m: MergeWrite) -> MutationPlan {
+    MutationPlan::Apply(Box::new(m))
+}
+
+async fn a_stale_merge_write_takes_one_sided_changes_and_queues_true_conflicts(store: SharedStore) {
+    let k = key("t1", "m1");
+    store
+        .write(update(&k, Some(0), json!({"A": 1, "B": "x"}), "ann"))
+        .await
+        .unwrap();
+    store
+        .write(update(&k, Some(1), json!({"A": 2}), "bob"))
+        .await
+        .unwrap();
+    drain_outbox(&store).await;
+    // Base values come from the change log at version 1 (no `base` given).
+    let m = store
+        .merge_write(merge(&k, 1, json!({}), json!({"A": 3, "B": "y"}), "cat"))
+        .await
+        .expect("merge");
+    assert_eq!(m.status, MergeStatus::Conflict);
+    assert_eq!(m.committed.record.version, 3);
+    assert_eq!(
+        Value::Object(m.committed.record.fields.clone()),
+        json!({"A": 2, "B": "y"})
+    );
+    let c = m.conflict.expect("conflict stored");
+    assert_eq!(c.status, "open");
+    assert_eq!(c.fields.len(), 1);
+    assert_eq!(c.fields[0].field, "A");
+    assert_eq!(c.fields[0].base, json!(1));
+    assert_eq!(c.fields[0].local, json!(3));
+    assert_eq!(c.fields[0].remote, json!(2));
+    let listed = store
+        .list_conflicts(
+            "t1",
+            &ConflictFilter {
+                status: Some("open".into()),
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![c.clone()]);
+    assert!(
+        store
+            .list_conflicts(
+                "t2",
+                &ConflictFilter {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap()
+            .is_empty(),
+        "tenants do not see each other's conflicts"
+    );
+    let events = drain_outbox(&store).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.channel == "conflicts" && e.payload.contains("conflict.detected"))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.channel == "record:deals:m1" && e.payload.contains("conflict.detected"))
+    );
+}
+
+async fn a_rule_that_decides_a_conflict_merges_and_records_it_as_resolved(store: SharedStore) {
+    let k = key("t1", "m2");
+    store
+        .write(update(&k, Some(0), json!({"A": 1}), "ann"))
+        .await
+        .unwrap();
+    store
+        .write(update(&k, Some(1), json!({"A": 2}), "bob"))
+        .await
+        .unwrap();
+    let mut m = merge(&k, 1, json!({"A": 1}), json!({"A": 3}), "cat");
+    m.rules.strategy = crate::domain::conflict::Strategy::LocalWins;
+    let m = store.merge_write(m).await.unwrap();
+    assert_eq!(m.status, MergeStatus::Merged);
+    assert_eq!(m.committed.record.fields["A"], json!(3));
+    let c = m.conflict.expect("history of the decision");
+    assert_eq!(c.status, "resolved");
+    assert_eq!(c.history.len(), 1);
+    assert_eq!(c.history[0]["by"], "rules");
+}
+
+async fn a_pushed_mutation_applies_once_and_a_duplicate_returns_the_stored_result(
+    store: SharedStore,
+) {
+    let k = key("t1", "p1");
+    let first = store
+        .push_mutation(
+            "t1",
+            "phone",
+            "ann",
+            1,
+            apply_plan(merge(&k, 0, json!({}), json!({"A": 1}), "ann")),
+        )
+        .await
+        .unwrap();
+    let PushStep::Done(result) = first else {
+        panic!("not applied: {first:?}")
+    };
+    assert_eq!(result["status"], "applied");
+    let again = store
+        .push_mutation(
+            "t1",
+            "phone",
+            "ann",
+            1,
+            apply_plan(merge(&k, 0, json!({}), json!({"A": 99}), "ann")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, PushStep::Duplicate(result));
+    assert_eq!(store.last_seq("t1", "phone").await.unwrap(), 1);
+    let r = store.get(&k).await.unwrap().unwrap();
+    assert_eq!((r.version, r.fields["A"].clone()), (1, json!(1)));
+}
+
+async fn a_gap_writes_nothing_and_a_rejected_mutation_still_advances_the_seq(store: SharedStore) {
+    let k = key("t1", "p2");
+    let gap = store
+        .push_mutation(
+            "t1",
+            "phone",
+            "ann",
+            2,
+            apply_plan(merge(&k, 0, json!({}), json!({"A": 1}), "ann")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gap, PushStep::Gap { last_seq: 0 });
+    assert_eq!(store.get(&k).await.unwrap(), None);
+    let bad = store
+        .push_mutation(
+            "t1",
+            "phone",
+            "ann",
+            1,
+            MutationPlan::Reject {
+                code: "invalid_input".into(),
+                message: "nope".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(&bad, PushStep::Done(v) if v["status"] == "rejected"));
+    // An update of a record that never existed can never apply.
+    let missing = store
+        .push_mutation(
+            "t1",
+            "phone",
+            "ann",
+            2,
+            apply_plan(merge(&k, 4, json!({}), json!({"A": 1}), "ann")),
+        )
+        .await
+        .unwrap();
+    let PushStep::Done(v) = missing else {
+        panic!("{missing:?}")
+    };
+    assert_eq!(v["status"], "rejected");
+    assert_eq!(v["error"]["code"], "not_found");
+    assert_eq!(store.last_seq("t1", "phone").await.unwrap(), 2);
+    let next = store
+        .push_mutation(
+            "t1",
+            "phone",
+            "ann",
+            3,
+            apply_plan(merge(&k, 0, json!({}), json!({"A": 1}), "ann")),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(&next, PushStep::Done(v) if v["status"] == "applied"));
+}
+
+async fn a_client_id_belongs_to_the_user_who_first_pushed_with_it(store: SharedStore) {
+    let k = key("t1", "p3");
+    store
+        .push_mutation(
+            "t1",
+            "phone",
+            "ann",
+            1,
+            apply_plan(merge(&k, 0, json!({}), json!({"A": 1}), "ann")),
+        )
+        .await
+        .unwrap();
+    let other = store
+        .push_mutation(
+            "t1",
+            "phone",
+            "bob",
+            2,
+            apply_plan(merge(&k, 1, json!({}), json!({"A": 2}), "bob")),
+        )
+        .await;
+    assert!(matches!(other, Err(StoreError::ClientTaken)), "{other:?}");
+    // Another tenant's client of the same name is another queue.
+    let elsewhere = store
+        .push_mutation(
+            "t2",
+            "phone",
+            "bob",
+            1,
+            apply_plan(merge(
+                &key("t2", "p3"),
+                0,
+                json!({}),
+                json!({"A": 1}),
+                "bob",
+            )),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(elsewhere, PushStep::Done(_)));
+}
+
+async fn concurrent_pushes_of_one_queue_apply_every_seq_exactly_once(store: SharedStore) {
+    let k = key("t1", "p4");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for seq in 1..=5_i64 {
+                let m = merge(&k, seq - 1, json!({}), json!({"n": seq}), "ann");
+                let step = store
+                    .push_mutation("t1", "phone", "ann", seq, apply_plan(m))
+                    .await
+                    .expect("push");
+                seen.push(step);
+            }
+            seen
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        for step in t.await.unwrap() {
+            match step {
+                PushStep::Done(v) => {
+                    assert_eq!(v["status"], "applied");
+                    applied += 1;
+                }
+                PushStep::Duplicate(v) => assert_eq!(v["status"], "applied"),
+                PushStep::Gap { .. } => panic!("a racer saw a gap"),
+            }
+        }
+    }
+    assert_eq!(applied, 5, "each seq applied by exactly one racer");
+    let r = store.get(&k).await.unwrap().unwrap();
+    assert_eq!((r.version, r.fields["n"].clone()), (5, json!(5)));
+}
+
+async fn pull_pages_through_changes_after_the_cursor_and_filters_entities(store: SharedStore) {
+    for i in 0..5 {
+        store
+            .write(update(
+                &key("t1", &format!("d{i}")),
+                Some(0),
+                json!({"i": i}),
+                "ann",
+            ))
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        let k = RecordKey::new("t1", "contacts", format!("c{i}"));
+        store
+            .write(update(&k, Some(0), json!({"i": i}), "ann"))
+            .await
+            .unwrap();
+    }
+    // Changing d0 again moves it to the end of the change order.
+    store
+        .write(update(&key("t1", "d0"), Some(1), json!({"i": 10}), "ann"))
+        .await
+        .unwrap();
+    let mut cursor = 0;
+    let mut ids = Vec::new();
+    loop {
+        let page = store.pull("t1", cursor, &[], 3).await.unwrap();
+        assert!(page.cursor > cursor || page.changes.is_empty());
+        ids.extend(page.changes.iter().map(|(r, _)| r.id.clone()));
+        cursor = page.cursor;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(ids, ["d1", "d2", "d3", "d4", "c0", "c1", "d0"]);
+    assert_eq!(cursor, store.change_version("t1").await.unwrap());
+    let contacts = store
+        .pull("t1", 0, &["contacts".to_owned()], 100)
+        .await
+        .unwrap();
+    assert_eq!(contacts.changes.len(), 2);
+    assert!(!contacts.more);
+    assert_eq!(
+        contacts.cursor, cursor,
+        "a filtered pull still reaches the head"
+    );
+    let empty = store.pull("t1", cursor, &[], 100).await.unwrap();
+    assert!(empty.changes.is_empty());
+    assert_eq!(empty.cursor, cursor);
+    assert!(
+        store
+            .pull("t2", 0, &[], 100)
+            .await
+            .unwrap()
+            .changes
+            .is_empty()
+    );
+}
+
+async fn resolving_a_conflict_writes_the_choice_once_and_keeps_the_history(store: SharedStore) {
+    let k = key("t1", "r1");
+    store
+        .write(update(&k, Some(0), json!({"A": 1}), "ann"))
+        .await
+        .unwrap();
+    store
+        .write(update(&k, Some(1), json!({"A": 2}), "bob"))
+        .await
+        .unwrap();
+    let m = store
+        .merge_write(merge(&k, 1, json!({"A": 1}), json!({"A": 3}), "cat"))
+        .await
+        .unwrap();
+    let id = m.conflict.expect("open conflict").id;
+    drain_outbox(&store).await;
+    let (c, w) = store
+        .resolve_conflict("t1", id, "admin", "merge", obj(json!({"A": 4})))
+        .await
+        .unwrap();
+    assert_eq!(c.status, "resolved");
+    assert_eq!(c.history.len(), 1);
+    assert_eq!(c.history[0]["resolution"], "merge");
+    assert_eq!(w.expect("written").record.fields["A"], json!(4));
+    assert_eq!(store.get_conflict("t1", id).await.unwrap(), Some(c));
+    let again = store
+        .resolve_conflict("t1", id, "admin", "use_remote", Map::new())
+        .await;
+    assert!(matches!(again, Err(StoreError::ConflictClosed)));
+    assert!(matches!(
+        store
+            .resolve_conflict("t2", id, "admin", "use_remote", Map::new())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let events = drain_outbox(&store).await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.channel == "conflicts" && e.payload.contains("conflict.resolved"))
+    );
+    // Filters and paging: a second, open conflict on another entity.
+    let other = RecordKey::new("t1", "contacts", "r2");
+    store
+        .write(update(&other, Some(0), json!({"A": 1}), "ann"))
+        .await
+        .unwrap();
+    store
+        .write(update(&other, Some(1), json!({"A": 2}), "bob"))
+        .await
+        .unwrap();
+    let second = store
+        .merge_write(merge(&other, 1, json!({"A": 1}), json!({"A": 3}), "cat"))
+        .await
+        .unwrap()
+        .conflict
+        .expect("open conflict")
+        .id;
+    let list = |status: Option<&str>, entity: Option<&str>, after: i64, limit: i64| {
+        let store = store.clone();
+        let filter = ConflictFilter {
+            status: status.map(str::to_owned),
+            entity: entity.map(str::to_owned),
+            after,
+            limit,
+        };
+        async move {
+            store
+                .list_conflicts("t1", &filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(None, None, 0, 10).await, vec![id, second]);
+    assert_eq!(list(None, None, 0, 1).await, vec![id]);
+    assert_eq!(list(None, None, id, 1).await, vec![second]);
+    assert_eq!(list(Some("resolved"), None, 0, 10).await, vec![id]);
+    assert_eq!(
+        list(Some("open"), Some("contacts"), 0, 10).await,
+        vec![second]
+    );
+    assert!(list(Some("open"), Some("deals"), 0, 10).await.is_empty());
 }

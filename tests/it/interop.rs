@@ -42,8 +42,11 @@ fn python_installed() -> bool {
 }
 
 async fn run_runner(program: &str, script: &Path, format: &str) {
+    run_runner_on(TestApp::spawn().await, program, script, format).await;
+}
+
+async fn run_runner_on(app: TestApp, program: &str, script: &Path, format: &str) {
     let _heavy = heavy().await;
-    let app = TestApp::spawn().await;
     let mut cmd = tokio::process::Command::new(program);
     cmd.arg(script)
         .current_dir(repo())
@@ -104,6 +107,23 @@ async fn centrifuge_python_protobuf_passes_every_scenario() {
             "python3",
             &repo().join("tests/interop/python/run.py"),
             "protobuf",
+        )
+        .await;
+    }
+}
+
+/// tests/interop/python/offline.py: a mobile app goes offline, queues 100
+/// mutations while two other users edit, reconnects, pulls and pushes;
+/// every outcome is the one `crate::offline::RULES` predicts.
+#[tokio::test]
+async fn centrifuge_python_plays_an_offline_mobile_app() {
+    if sdk_available("PyPI centrifuge-python", python_installed()) {
+        let app = TestApp::spawn_with(|c| c.conflicts = crate::offline::rules()).await;
+        run_runner_on(
+            app,
+            "python3",
+            &repo().join("tests/interop/python/offline.py"),
+            "json",
         )
         .await;
     }

@@ -7,6 +7,8 @@ mod support;
 mod cluster;
 mod gateway;
 mod interop;
+mod offline;
+mod offline_crash;
 mod records;
 mod server_api;
 mod zoho;

@@ -15,14 +15,22 @@ use synchub::protocol::{Command, Encoding, RpcRequest};
 use crate::support::*;
 
 /// `SYNCHUB_TEST_DATABASE_URL`, else the local test database.
-fn pg_url() -> String {
+pub(crate) fn pg_url() -> String {
     std::env::var("SYNCHUB_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
 /// A node whose holders get a one-second grace period, on SQLite (its data
 /// dir) or on PostgreSQL (a fresh schema, dropped by `finish`).
-async fn app(postgres: bool) -> Option<(TestApp, Option<String>)> {
+pub(crate) async fn app(postgres: bool) -> Option<(TestApp, Option<String>)> {
+    app_with(postgres, |_| {}).await
+}
+
+/// [`app`] with a further configuration tweak.
+pub(crate) async fn app_with(
+    postgres: bool,
+    tweak: impl FnOnce(&mut synchub::config::Config),
+) -> Option<(TestApp, Option<String>)> {
     let mut url = None;
     let mut schema = None;
     if postgres {
@@ -64,17 +72,18 @@ async fn app(postgres: bool) -> Option<(TestApp, Option<String>)> {
         c.records.node_heartbeat = Duration::from_millis(200);
         c.records.node_ttl = Duration::from_secs(2);
         c.database_url = url.map(synchub::config::Secret::new);
+        tweak(c);
     })
     .await;
     Some((app, schema))
 }
 
-async fn finish(app: TestApp, schema: Option<String>) {
+pub(crate) async fn finish(app: TestApp, schema: Option<String>) {
     let _ = app.stop().await;
     finish_schema(schema).await;
 }
 
-async fn finish_schema(schema: Option<String>) {
+pub(crate) async fn finish_schema(schema: Option<String>) {
     if let Some(name) = schema
         && let Ok(admin) = sqlx::PgPool::connect(&pg_url()).await
     {
@@ -124,7 +133,7 @@ on_both!(
     twenty_clients_racing_for_one_lock_leave_one_holder,
 );
 
-fn admin_token(user: &str) -> String {
+pub(crate) fn admin_token(user: &str) -> String {
     token_with(ConnectClaims {
         sub: user.into(),
         exp: Some(now_unix() + 3600),
@@ -134,7 +143,11 @@ fn admin_token(user: &str) -> String {
 }
 
 /// An RPC call: the result data, or (code, message as JSON).
-async fn rpc(c: &mut WsClient, method: &str, data: Value) -> Result<Value, (u32, Value)> {
+pub(crate) async fn rpc(
+    c: &mut WsClient,
+    method: &str,
+    data: Value,
+) -> Result<Value, (u32, Value)> {
     let r = c
         .call(Command {
             rpc: Some(RpcRequest {
@@ -154,14 +167,14 @@ async fn rpc(c: &mut WsClient, method: &str, data: Value) -> Result<Value, (u32,
     }
 }
 
-async fn ok(c: &mut WsClient, method: &str, data: Value) -> Value {
+pub(crate) async fn ok(c: &mut WsClient, method: &str, data: Value) -> Value {
     rpc(c, method, data)
         .await
         .unwrap_or_else(|e| panic!("{method} failed: {e:?}"))
 }
 
 /// The next publication of `kind` on `channel`, skipping others.
-async fn event(c: &mut WsClient, channel: &str, kind: &str) -> Value {
+pub(crate) async fn event(c: &mut WsClient, channel: &str, kind: &str) -> Value {
     loop {
         let p = c.push().await;
         if p.channel != channel {

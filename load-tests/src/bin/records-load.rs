@@ -5,7 +5,12 @@
 //! 1. `lock.acquire` and `lock.release` round trips (each client locks and
 //!    releases its own record in a loop): p50/p99/max latency and ops/s;
 //! 2. `record.update` throughput: each client saves its own record in a loop
-//!    with the right base version: commits/s and p50/p99 latency.
+//!    with the right base version: commits/s and p50/p99 latency;
+//! 3. `offline.push` throughput: each client drains its own offline queue in
+//!    batches of `--batch` mutations over 100 records (the first touch of a
+//!    record creates it, `applied`; every later one is from a stale base
+//!    version with the client's base value, so it goes through the
+//!    three-way merge, `merged`): mutations/s and per-batch latency.
 //!
 //! Prints one JSON line per phase. Run in release:
 //! `cargo run --release -p synchub-load-tests --bin records-load -- --clients 8 --seconds 10`
@@ -32,6 +37,9 @@ struct Args {
     /// Seconds per phase.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Mutations per `offline.push` call.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
     /// `postgres://...`; unset: SQLite in a temporary directory.
     #[arg(long)]
     database_url: Option<String>,
@@ -162,6 +170,43 @@ async fn update_phase(url: String, n: usize, until: Instant) -> anyhow::Result<H
     Ok(h)
 }
 
+async fn push_phase(
+    url: String,
+    n: usize,
+    batch: usize,
+    until: Instant,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let mut c = Client::connect(&url, &format!("phone{n}")).await?;
+    let mut h = hist();
+    let mut seq = 0u64;
+    while Instant::now() < until {
+        let mutations: Vec<Value> = (0..batch)
+            .map(|_| {
+                seq += 1;
+                let base = if seq > 100 {
+                    json!({"Amount": seq - 100})
+                } else {
+                    json!({})
+                };
+                json!({"seq": seq, "entity": "deals", "id": format!("off-{n}-{}", seq % 100),
+                       "base_version": 0, "base": base, "fields": {"Amount": seq}})
+            })
+            .collect();
+        let t = Instant::now();
+        let r = c
+            .rpc(
+                "offline.push",
+                json!({"client_id": format!("phone{n}"), "mutations": mutations}),
+            )
+            .await?;
+        h.record(us(t.elapsed()))?;
+        if r["last_seq"] != json!(seq) {
+            bail!("push stopped early: {r}");
+        }
+    }
+    Ok((h, seq))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -224,6 +269,27 @@ async fn main() -> anyhow::Result<()> {
         json!({"phase": "record.update", "backend": backend, "clients": args.clients,
                "seconds": elapsed, "commits_per_s": (updates.len() as f64 / elapsed).round(),
                "latency": summary(&updates)})
+    );
+
+    let until = Instant::now() + seconds;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|n| tokio::spawn(push_phase(url.clone(), n, args.batch, until)))
+        .collect();
+    let mut batches = hist();
+    let mut mutations = 0;
+    for t in tasks {
+        let (h, m) = t.await??;
+        batches.add(h)?;
+        mutations += m;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"phase": "offline.push", "backend": backend, "clients": args.clients,
+               "batch": args.batch, "seconds": elapsed, "mutations": mutations,
+               "mutations_per_s": (mutations as f64 / elapsed).round(),
+               "batch_latency": summary(&batches)})
     );
 
     let _ = stop_tx.send(());
