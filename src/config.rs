@@ -88,6 +88,17 @@ pub struct Config {
     /// [`ConflictRules`] for the shape). An entity without a table merges
     /// one-sided changes and sends true conflicts to review.
     pub conflicts: ConflictRules,
+    /// What crosses between local entities and Zoho modules.
+    pub sync: SyncConfig,
+}
+
+/// `[sync]`: field mapping, transformations and filters per entity
+/// (`[sync.entities.<entity>]`; see [`crate::domain::mapping`] for the
+/// shape). Validated at start; the sync workers apply it.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    pub entities: crate::domain::mapping::EntitiesConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -416,6 +427,7 @@ impl Default for Config {
             zoho: ZohoConfig::default(),
             records: RecordsConfig::default(),
             conflicts: ConflictRules::default(),
+            sync: SyncConfig::default(),
         }
     }
 }
@@ -706,6 +718,21 @@ impl Config {
                 "conflicts.{entity}: not one of records.entities, so its rules could never apply"
             ));
         }
+        self.sync
+            .entities
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(entity) = self
+            .sync
+            .entities
+            .0
+            .keys()
+            .find(|e| !r.entities.contains(e))
+        {
+            return bad(format!(
+                "sync.entities.{entity}: not one of records.entities, so nothing could sync"
+            ));
+        }
         if let Some(path) = &self.auth.token_public_key {
             let pem = std::fs::read(path).map_err(|e| {
                 ConfigError::Invalid(format!("auth.token_public_key {}: {e}", path.display()))
@@ -860,6 +887,34 @@ mod tests {
             Config::load_from(Some(&path), &env(&[])),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn sync_mappings_are_read_and_validated_at_start() {
+        let dir = std::env::temp_dir().join(format!("synchub-cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(
+            &good,
+            "[sync.entities.deals]\nschedule = \"hourly\"\n[[sync.entities.deals.fields]]\nlocal = \"status\"\nzoho = \"Stage\"\nvalues = { open = \"Qualification\", won = \"Closed Won\" }\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&good), &env(&[])).unwrap();
+        let mappings = c.sync.entities.validate().unwrap();
+        assert_eq!(
+            mappings.entity("deals").unwrap().zoho_name_of("status"),
+            Some("Stage")
+        );
+        let bad = dir.join("bad.toml");
+        std::fs::write(
+            &bad,
+            "[[sync.entities.deals.filters]]\nconditions = [{ field = \"x\", op = \"roughly\", value = 1 }]\n",
+        )
+        .unwrap();
+        assert!(Config::load_from(Some(&bad), &env(&[])).is_err());
+        let unknown = dir.join("unknown.toml");
+        std::fs::write(&unknown, "[sync.entities.widgets]\nmodule = \"Widgets\"\n").unwrap();
+        assert!(Config::load_from(Some(&unknown), &env(&[])).is_err());
     }
 
     #[test]
