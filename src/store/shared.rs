@@ -269,6 +269,15 @@ macro_rules! sql_store {
         };
         use serde_json::{Map, Value, json};
 
+        /// A statement whose first three parameters are the record key, in
+        /// the order every keyed statement of `queries` takes them.
+        fn keyed<'q>(
+            sql: &'static str,
+            key: &'q RecordKey,
+        ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments> {
+            sqlx::query(sql).bind(&key.tenant).bind(&key.entity).bind(&key.id)
+        }
+
         fn parse_fields(text: &str) -> StoreResult<serde_json::Map<String, serde_json::Value>> {
             match serde_json::from_str(text) {
                 Ok(serde_json::Value::Object(m)) => Ok(m),
@@ -329,10 +338,7 @@ macro_rules! sql_store {
             sql: &'static str,
             key: &RecordKey,
         ) -> StoreResult<Option<(Lock, bool)>> {
-            let row = sqlx::query(sql)
-                .bind(&key.tenant)
-                .bind(&key.entity)
-                .bind(&key.id)
+            let row = keyed(sql, key)
                 .fetch_optional(&mut **tx)
                 .await?;
             row.as_ref().map(lock_from).transpose()
@@ -355,10 +361,7 @@ macro_rules! sql_store {
             epoch: i64,
             ttl_ms: i64,
         ) -> StoreResult<Option<Lock>> {
-            let row = sqlx::query(if insert { q::INSERT_LOCK } else { q::SET_LOCK })
-                .bind(&key.tenant)
-                .bind(&key.entity)
-                .bind(&key.id)
+            let row = keyed(if insert { q::INSERT_LOCK } else { q::SET_LOCK }, key)
                 .bind(user)
                 .bind(client)
                 .bind(epoch)
@@ -419,10 +422,7 @@ macro_rules! sql_store {
         /// change version and events. Commits nothing itself.
         async fn apply(tx: &mut Tx<'_>, w: &Write) -> StoreResult<Committed> {
             let key = &w.key;
-            let row = sqlx::query(q::RECORD_FOR_UPDATE)
-                .bind(&key.tenant)
-                .bind(&key.entity)
-                .bind(&key.id)
+            let row = keyed(q::RECORD_FOR_UPDATE, key)
                 .fetch_optional(&mut **tx)
                 .await?;
             let stored = row.as_ref().map(record_from).transpose()?;
@@ -465,10 +465,7 @@ macro_rules! sql_store {
                 .await?
                 .try_get(0)?;
             let fields_text = serde_json::Value::Object(fields.clone()).to_string();
-            let updated_at: i64 = sqlx::query(q::UPSERT_RECORD)
-                .bind(&key.tenant)
-                .bind(&key.entity)
-                .bind(&key.id)
+            let updated_at: i64 = keyed(q::UPSERT_RECORD, key)
                 .bind(version)
                 .bind(&fields_text)
                 .bind(&w.by)
@@ -480,10 +477,7 @@ macro_rules! sql_store {
             for name in &changed {
                 let old_value = old.get(name).map(|v| v.to_string());
                 let new_value = fields.get(name).map(|v| v.to_string());
-                sqlx::query(q::INSERT_FIELD_CHANGE)
-                    .bind(&key.tenant)
-                    .bind(&key.entity)
-                    .bind(&key.id)
+                keyed(q::INSERT_FIELD_CHANGE, key)
                     .bind(name)
                     .bind(old_value)
                     .bind(new_value)
@@ -554,10 +548,7 @@ macro_rules! sql_store {
             version: i64,
             current: &Map<String, Value>,
         ) -> StoreResult<Value> {
-            let row = sqlx::query(q::BASE_VALUE)
-                .bind(&key.tenant)
-                .bind(&key.entity)
-                .bind(&key.id)
+            let row = keyed(q::BASE_VALUE, key)
                 .bind(field)
                 .bind(version)
                 .fetch_optional(&mut **tx)
@@ -582,10 +573,7 @@ macro_rules! sql_store {
             // write with its plain checks.
             let stale = match (w.kind, w.base_version) {
                 (WriteKind::Update, Some(base)) => {
-                    let row = sqlx::query(q::RECORD_FOR_UPDATE)
-                        .bind(&key.tenant)
-                        .bind(&key.entity)
-                        .bind(&key.id)
+                    let row = keyed(q::RECORD_FOR_UPDATE, key)
                         .fetch_optional(&mut **tx)
                         .await?;
                     row.as_ref()
@@ -670,10 +658,7 @@ macro_rules! sql_store {
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let status_text = if open { "open" } else { "resolved" };
             let history_json = Value::Array(history.clone()).to_string();
-            let row = sqlx::query(q::INSERT_CONFLICT)
-                .bind(&key.tenant)
-                .bind(&key.entity)
-                .bind(&key.id)
+            let row = keyed(q::INSERT_CONFLICT, key)
                 .bind(base_version)
                 .bind(committed.record.version)
                 .bind(w.source.as_str())
@@ -743,10 +728,7 @@ macro_rules! sql_store {
             }
 
             async fn get(&self, key: &RecordKey) -> StoreResult<Option<Record>> {
-                let row = sqlx::query(q::GET_RECORD)
-                    .bind(&key.tenant)
-                    .bind(&key.entity)
-                    .bind(&key.id)
+                let row = keyed(q::GET_RECORD, key)
                     .fetch_optional(&self.pool)
                     .await?;
                 Ok(row
@@ -849,10 +831,7 @@ macro_rules! sql_store {
                 ttl_ms: i64,
             ) -> StoreResult<Option<Lock>> {
                 let mut tx = self.pool.begin().await?;
-                let row = sqlx::query(q::RENEW_LOCK)
-                    .bind(&key.tenant)
-                    .bind(&key.entity)
-                    .bind(&key.id)
+                let row = keyed(q::RENEW_LOCK, key)
                     .bind(token)
                     .bind(ttl_ms)
                     .fetch_optional(&mut *tx)
@@ -880,10 +859,7 @@ macro_rules! sql_store {
                 by: &str,
             ) -> StoreResult<Option<Lock>> {
                 let mut tx = self.pool.begin().await?;
-                let rows = sqlx::query(q::DELETE_LOCK_BY_EPOCH)
-                    .bind(&key.tenant)
-                    .bind(&key.entity)
-                    .bind(&key.id)
+                let rows = keyed(q::DELETE_LOCK_BY_EPOCH, key)
                     .bind(token)
                     .fetch_all(&mut *tx)
                     .await?;
@@ -896,10 +872,7 @@ macro_rules! sql_store {
 
             async fn force_release(&self, key: &RecordKey, by: &str) -> StoreResult<Option<Lock>> {
                 let mut tx = self.pool.begin().await?;
-                let rows = sqlx::query(q::DELETE_LOCK)
-                    .bind(&key.tenant)
-                    .bind(&key.entity)
-                    .bind(&key.id)
+                let rows = keyed(q::DELETE_LOCK, key)
                     .fetch_all(&mut *tx)
                     .await?;
                 let dropped =
@@ -909,10 +882,7 @@ macro_rules! sql_store {
             }
 
             async fn lock_status(&self, key: &RecordKey) -> StoreResult<Option<Lock>> {
-                let row = sqlx::query(q::LOCK_STATUS)
-                    .bind(&key.tenant)
-                    .bind(&key.entity)
-                    .bind(&key.id)
+                let row = keyed(q::LOCK_STATUS, key)
                     .fetch_optional(&self.pool)
                     .await?;
                 Ok(row
@@ -1025,10 +995,7 @@ macro_rules! sql_store {
                 fields: &serde_json::Map<String, serde_json::Value>,
             ) -> StoreResult<i64> {
                 let text = serde_json::Value::Object(fields.clone()).to_string();
-                Ok(sqlx::query(q::SAVE_DRAFT)
-                    .bind(&key.tenant)
-                    .bind(&key.entity)
-                    .bind(&key.id)
+                Ok(keyed(q::SAVE_DRAFT, key)
                     .bind(user)
                     .bind(text)
                     .fetch_one(&self.pool)
@@ -1041,10 +1008,7 @@ macro_rules! sql_store {
                 key: &RecordKey,
                 user: &str,
             ) -> StoreResult<Option<(serde_json::Map<String, serde_json::Value>, i64)>> {
-                let row = sqlx::query(q::GET_DRAFT)
-                    .bind(&key.tenant)
-                    .bind(&key.entity)
-                    .bind(&key.id)
+                let row = keyed(q::GET_DRAFT, key)
                     .bind(user)
                     .fetch_optional(&self.pool)
                     .await?;
