@@ -95,10 +95,53 @@ pub struct Config {
 /// `[sync]`: field mapping, transformations and filters per entity
 /// (`[sync.entities.<entity>]`; see [`crate::domain::mapping`] for the
 /// shape). Validated at start; the sync workers apply it.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyncConfig {
     pub entities: crate::domain::mapping::EntitiesConfig,
+    /// Run sync workers in this process (`synchub worker` runs them alone).
+    pub workers: bool,
+    /// Records per push batch (Zoho takes at most 100 per call).
+    pub push_batch: usize,
+    /// How long a claimed job is leased; renewed every third of it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often an idle worker looks for jobs another node queued.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Counted failures (server errors, timeouts) before a job is dead-lettered.
+    pub max_attempts: i64,
+    /// First retry delay; doubles per attempt up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// The scheduled incremental sync of `realtime` entities (one node runs it).
+    #[serde(with = "humantime_serde")]
+    pub incremental_interval: Duration,
+    /// Sessions one node runs at once.
+    pub session_concurrency: usize,
+    /// Public URL of `POST /v1/webhooks/zoho`; set it to receive Zoho
+    /// notifications (Watch API). The channel is renewed before it expires.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            entities: Default::default(),
+            workers: true,
+            push_batch: 100,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+            max_attempts: 8,
+            retry_initial: Duration::from_secs(2),
+            retry_max: Duration::from_secs(600),
+            incremental_interval: Duration::from_secs(300),
+            session_concurrency: 2,
+            webhook_url: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -327,6 +370,19 @@ pub struct ZohoConfig {
     pub refresh_token: Option<Secret>,
     /// The tenant whose records sync with this Zoho org.
     pub tenant: String,
+    /// Client-side request rate.
+    pub requests_per_second: u32,
+    /// Requests in flight at once (keep below the edition's concurrency).
+    pub max_concurrency: usize,
+    /// API credits the hub may spend per 24 hours (unset: the edition's).
+    pub daily_credits: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Attempts per call for 5xx and timeouts (idempotent calls only).
+    pub max_attempts: u32,
+    /// How long one call may wait out 429s before the job is retried later.
+    #[serde(with = "humantime_serde")]
+    pub throttle_budget: Duration,
 }
 
 impl Default for ZohoConfig {
@@ -338,6 +394,12 @@ impl Default for ZohoConfig {
             client_secret: None,
             refresh_token: None,
             tenant: DEFAULT_TENANT.to_owned(),
+            requests_per_second: 10,
+            max_concurrency: 10,
+            daily_credits: None,
+            request_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            throttle_budget: Duration::from_secs(60),
         }
     }
 }
@@ -556,6 +618,19 @@ impl Config {
         if let Some(v) = get("SYNCHUB_ZOHO_TENANT") {
             self.zoho.tenant = v;
         }
+        if let Some(v) = get("SYNCHUB_SYNC_WORKERS") {
+            self.sync.workers = parse_bool("SYNCHUB_SYNC_WORKERS", &v)?;
+        }
+        if let Some(v) = get("SYNCHUB_SYNC_WEBHOOK_URL") {
+            self.sync.webhook_url = Some(v);
+        }
+        if let Some(v) = get("SYNCHUB_SYNC_LEASE") {
+            self.sync.lease = parse_duration("SYNCHUB_SYNC_LEASE", &v)?;
+        }
+        if let Some(v) = get("SYNCHUB_SYNC_INCREMENTAL_INTERVAL") {
+            self.sync.incremental_interval =
+                parse_duration("SYNCHUB_SYNC_INCREMENTAL_INTERVAL", &v)?;
+        }
         if let Some(v) = get("SYNCHUB_ANONYMOUS") {
             self.auth.anonymous = parse_bool("SYNCHUB_ANONYMOUS", &v)?;
         }
@@ -733,6 +808,29 @@ impl Config {
                 "sync.entities.{entity}: not one of records.entities, so nothing could sync"
             ));
         }
+        let sync = &self.sync;
+        if !(1..=100).contains(&sync.push_batch) {
+            return bad("sync.push_batch must be 1 to 100 (Zoho's limit per write)".into());
+        }
+        if sync.lease < Duration::from_secs(1) || sync.poll_interval.is_zero() {
+            return bad("sync.lease must be at least 1s and sync.poll_interval positive".into());
+        }
+        if sync.max_attempts < 1 || sync.session_concurrency < 1 {
+            return bad("sync.max_attempts and sync.session_concurrency must be at least 1".into());
+        }
+        if sync.incremental_interval < Duration::from_secs(1) {
+            return bad("sync.incremental_interval must be at least 1s".into());
+        }
+        if let Some(url) = &sync.webhook_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return bad(format!("sync.webhook_url: `{url}` is not an http(s) URL"));
+        }
+        if self.zoho.requests_per_second == 0 || self.zoho.max_concurrency == 0 {
+            return bad(
+                "zoho.requests_per_second and zoho.max_concurrency must be positive".into(),
+            );
+        }
         if let Some(path) = &self.auth.token_public_key {
             let pem = std::fs::read(path).map_err(|e| {
                 ConfigError::Invalid(format!("auth.token_public_key {}: {e}", path.display()))
@@ -780,6 +878,13 @@ fn validate_namespace(name: &str, ns: &NamespaceOptions) -> Result<(), ConfigErr
         )));
     }
     Ok(())
+}
+
+fn parse_duration(name: &str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|e| ConfigError::Env {
+        name: name.into(),
+        message: e.to_string(),
+    })
 }
 
 fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {

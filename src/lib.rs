@@ -35,4 +35,5 @@ pub mod rpc;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
+pub mod sync;
 pub mod zoho;

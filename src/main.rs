@@ -51,6 +51,17 @@ enum Command {
     ZohoSim(synchub::zoho::sim::SimArgs),
     /// Apply pending database migrations (SQLite in the data dir, or SYNCHUB_DATABASE_URL) and exit.
     Migrate,
+    /// Run the Zoho sync workers alone (no HTTP or WebSocket), until stopped.
+    Worker,
+    /// Run one sync session now, in this process, with a progress bar.
+    Sync {
+        /// `full` or `incremental` (push sessions run in the workers: use the API).
+        #[arg(value_parser = ["full", "incremental"])]
+        kind: String,
+        /// The Zoho module (`Deals`) or local entity (`deals`).
+        #[arg(long)]
+        module: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +87,12 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }),
+        Command::Worker => runtime.block_on(async {
+            init_logs();
+            let config = Config::load(cli.config.as_deref())?;
+            synchub::startup::run_worker(config, synchub::shutdown::signal()).await
+        }),
+        Command::Sync { kind, module } => runtime.block_on(sync_now(cli.config, &kind, &module)),
         Command::Migrate => {
             let config = Config::load(cli.config.as_deref())?;
             let backend = runtime.block_on(synchub::store::migrate(&config))?;
@@ -177,4 +194,63 @@ async fn serve(config_file: Option<PathBuf>) -> anyhow::Result<()> {
         app.secrets_file.display()
     );
     app.run_until_stopped(synchub::shutdown::signal()).await
+}
+
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SYNCHUB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// `synchub sync full --module Deals`: one session with a progress bar.
+async fn sync_now(config_file: Option<PathBuf>, kind: &str, module: &str) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    init_logs();
+    let config = Config::load(config_file.as_deref())?;
+    let kind = synchub::sync::SessionKind::parse(kind).context("kind")?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:12} [{bar:40}] {pos}/{len} ({percent}%) {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(module.to_owned());
+    let shown = bar.clone();
+    let sink: synchub::sync::SessionSink = Arc::new(move |_tenant, event| {
+        let s = &event["session"];
+        if let Some(total) = s["total"].as_u64() {
+            shown.set_length(total);
+        }
+        if let Some(done) = s["processed"].as_u64() {
+            shown.set_position(done);
+        }
+    });
+    let session = synchub::startup::run_session(config, kind, module, sink).await?;
+    bar.finish();
+    println!(
+        "{} sync of {}: {} - {} processed, {} created, {} updated, {} deleted, {} unchanged, {} conflicts, {} skipped, {} errors, {} API calls, {} ms",
+        session.kind.as_str(),
+        session.module,
+        session.status,
+        session.processed,
+        session.created,
+        session.updated,
+        session.deleted,
+        session.unchanged,
+        session.conflicts,
+        session.skipped,
+        session.errors,
+        session.api_calls,
+        session.duration_ms.unwrap_or(0)
+    );
+    match session.error {
+        Some(e) => anyhow::bail!("the session failed: {e}"),
+        None => Ok(()),
+    }
 }

@@ -113,53 +113,7 @@ impl Application {
         let shutdown = Shutdown::new();
         let metrics = crate::metrics::install();
 
-        let node = NodeIdentity {
-            id: uuid::Uuid::new_v4().to_string(),
-            name: config.node_name.clone(),
-            started: Instant::now(),
-        };
-        let (broker, presence, redis): (
-            Arc<dyn Broker>,
-            Arc<dyn PresenceManager>,
-            Option<RedisBroker>,
-        ) = match &config.redis.url {
-            Some(url) => {
-                let mut redis_config = crate::broker::redis::config_from(
-                    url.expose(),
-                    config.redis.cluster,
-                    config.redis.sharded,
-                    config.redis.prefix.as_deref(),
-                    config.redis.pool_size,
-                    &node.id,
-                );
-                redis_config.sentinel_master = config.redis.sentinel_master.clone();
-                let redis = RedisBroker::connect(redis_config)
-                    .await
-                    .context("connecting to Redis (SYNCHUB_REDIS_URL)")?;
-                (
-                    Arc::new(redis.clone()),
-                    Arc::new(redis.clone()),
-                    Some(redis),
-                )
-            }
-            None => {
-                let memory = Arc::new(MemoryBroker::new());
-                (memory.clone(), memory, None)
-            }
-        };
-        let hub = Hub::new(node, broker, presence);
-        if let Some(redis) = redis {
-            // The hub is registered as the handler before the first subscription.
-            shutdown.spawn("redis-pubsub", redis.clone().run(shutdown.token().clone()));
-            if !redis.wait_healthy(std::time::Duration::from_secs(5)).await {
-                tracing::warn!("Redis pub/sub is not connected yet; the node reports not ready");
-            }
-        }
-        shutdown.spawn(
-            "node-announce",
-            hub.clone()
-                .announce_loop(std::time::Duration::from_secs(3), shutdown.token().clone()),
-        );
+        let hub = build_hub(&config, &shutdown).await?;
 
         let public_key = match &config.auth.token_public_key {
             Some(path) => {
@@ -179,7 +133,11 @@ impl Application {
 
         let store = crate::store::open(&config).await?;
         tracing::info!(backend = store.backend(), "store ready");
-        let records = RecordService::new(store, config.records.clone(), config.conflicts.clone());
+        let records = RecordService::new(
+            store.clone(),
+            config.records.clone(),
+            config.conflicts.clone(),
+        );
         let liveness = Liveness::new(&hub.node.id, &hub.node.name);
 
         let mut registry = RpcRegistry::new();
@@ -205,6 +163,13 @@ impl Application {
             liveness,
         );
 
+        let sync = build_sync(&config, store, hub.clone(), gateway.rules.clone())?;
+        if config.sync.workers {
+            crate::sync::worker::spawn(&shutdown, &sync);
+        } else {
+            shutdown.spawn("sync-events", sync.clone().publish_events());
+        }
+
         let mut api_keys = HashMap::new();
         if let Some(key) = &config.api.key {
             api_keys.insert(key.expose().to_owned(), DEFAULT_TENANT.to_owned());
@@ -227,6 +192,7 @@ impl Application {
             metrics,
             shutdown,
             records,
+            sync,
         }));
         Ok(Self {
             listener,
@@ -280,4 +246,172 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The Zoho sync of this process: each tenant's connection (the stored one,
+/// else `[zoho]` for its tenant) and the sync service.
+pub fn build_sync(
+    config: &Config,
+    store: crate::store::SharedStore,
+    hub: Arc<crate::hub::Hub>,
+    rules: ChannelRules,
+) -> anyhow::Result<Arc<crate::sync::SyncService>> {
+    use crate::sync::connection::{ClientTuning, Connection, Connections};
+    crate::sync::analytics::describe();
+    let z = &config.zoho;
+    let configured = match (
+        &z.accounts_url,
+        &z.api_url,
+        &z.client_id,
+        &z.client_secret,
+        &z.refresh_token,
+    ) {
+        (Some(accounts), Some(api), Some(id), Some(secret), Some(refresh)) => Some((
+            z.tenant.clone(),
+            Connection {
+                client_id: id.clone(),
+                client_secret: secret.expose().to_owned(),
+                refresh_token: refresh.expose().to_owned(),
+                data_centre: None,
+                accounts_url: accounts.trim_end_matches('/').to_owned(),
+                api_url: api.trim_end_matches('/').to_owned(),
+                source: "config".into(),
+                updated_at: crate::store::now_rfc3339(),
+            },
+        )),
+        _ => None,
+    };
+    let tuning = ClientTuning {
+        requests_per_second: z.requests_per_second,
+        max_concurrency: z.max_concurrency,
+        daily_credits: z.daily_credits,
+        request_timeout: z.request_timeout,
+        max_attempts: z.max_attempts,
+        backoff_initial: std::time::Duration::from_millis(500),
+        throttle_budget: z.throttle_budget,
+    };
+    let connections = Connections::new(
+        store.clone(),
+        config.encryption_key.as_ref().map(Secret::expose),
+        tuning,
+        configured,
+    );
+    crate::sync::SyncService::new(config, store, hub, rules, connections)
+}
+
+/// The node's hub over the configured broker (Redis, else in memory), with
+/// its background tasks under `shutdown`.
+pub async fn build_hub(config: &Config, shutdown: &Shutdown) -> anyhow::Result<Arc<Hub>> {
+    let node = NodeIdentity {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: config.node_name.clone(),
+        started: Instant::now(),
+    };
+    let (broker, presence, redis): (
+        Arc<dyn Broker>,
+        Arc<dyn PresenceManager>,
+        Option<RedisBroker>,
+    ) = match &config.redis.url {
+        Some(url) => {
+            let mut redis_config = crate::broker::redis::config_from(
+                url.expose(),
+                config.redis.cluster,
+                config.redis.sharded,
+                config.redis.prefix.as_deref(),
+                config.redis.pool_size,
+                &node.id,
+            );
+            redis_config.sentinel_master = config.redis.sentinel_master.clone();
+            let redis = RedisBroker::connect(redis_config)
+                .await
+                .context("connecting to Redis (SYNCHUB_REDIS_URL)")?;
+            (
+                Arc::new(redis.clone()),
+                Arc::new(redis.clone()),
+                Some(redis),
+            )
+        }
+        None => {
+            let memory = Arc::new(MemoryBroker::new());
+            (memory.clone(), memory, None)
+        }
+    };
+    let hub = Hub::new(node, broker, presence);
+    if let Some(redis) = redis {
+        // The hub is registered as the handler before the first subscription.
+        shutdown.spawn("redis-pubsub", redis.clone().run(shutdown.token().clone()));
+        if !redis.wait_healthy(std::time::Duration::from_secs(5)).await {
+            tracing::warn!("Redis pub/sub is not connected yet; the node reports not ready");
+        }
+    }
+    shutdown.spawn(
+        "node-announce",
+        hub.clone()
+            .announce_loop(std::time::Duration::from_secs(3), shutdown.token().clone()),
+    );
+
+    Ok(hub)
+}
+
+/// `synchub worker`: the sync workers alone (no HTTP, no WebSocket), until
+/// `stop` resolves; then they drain.
+pub async fn run_worker(
+    mut config: Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    resolve_secrets(&mut config)?;
+    let shutdown = Shutdown::new();
+    crate::metrics::install();
+    let hub = build_hub(&config, &shutdown).await?;
+    let store = crate::store::open(&config).await?;
+    let rules = ChannelRules::new(&config.channels, config.client.channel_max_length);
+    let sync = build_sync(&config, store, hub, rules)?;
+    crate::sync::worker::spawn(&shutdown, &sync);
+    tracing::info!(worker = %sync.worker_id, "sync worker running");
+    stop.await;
+    tracing::info!("stopping: finishing the jobs in hand");
+    shutdown.trigger();
+    if !shutdown.wait(config.shutdown_timeout).await {
+        tracing::warn!(
+            remaining = shutdown.running(),
+            "shutdown deadline passed; unfinished jobs return when their leases lapse"
+        );
+    }
+    Ok(())
+}
+
+/// `synchub sync <kind> --module M`: runs one session in this process,
+/// reporting through `sink` as well as `sync:sessions`.
+pub async fn run_session(
+    mut config: Config,
+    kind: crate::sync::SessionKind,
+    module: &str,
+    sink: crate::sync::SessionSink,
+) -> anyhow::Result<crate::sync::Session> {
+    resolve_secrets(&mut config)?;
+    let shutdown = Shutdown::new();
+    let hub = build_hub(&config, &shutdown).await?;
+    let store = crate::store::open(&config).await?;
+    let rules = ChannelRules::new(&config.channels, config.client.channel_max_length);
+    let sync = build_sync(&config, store, hub, rules)?;
+    shutdown.spawn("sync-events", sync.clone().publish_events());
+    let mapping = sync
+        .mapping(module)
+        .with_context(|| format!("`{module}` is not a synced module or entity"))?
+        .clone();
+    let tenant = config.zoho.tenant.clone();
+    let client = sync.connections.client(&tenant).await.with_context(|| {
+        format!("tenant `{tenant}` has no Zoho connection ([zoho] or POST /v1/zoho/connection)")
+    })?;
+    sync.add_sink(sink);
+    let session = crate::sync::Session::new(kind, mapping.module(), mapping.name(), "cli");
+    let mut tracker = sync.tracker(&tenant, session);
+    tracker.start().await;
+    let result = crate::sync::pull::run(&sync, &mut tracker, &client).await;
+    tracker.finish(result.err().map(|e| e.to_string())).await;
+    // Let the last events reach the broker.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    shutdown.trigger();
+    shutdown.wait(std::time::Duration::from_secs(2)).await;
+    Ok(tracker.session)
 }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod offline;
 pub mod records;
 pub mod server;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -37,6 +38,8 @@ pub struct App {
     pub shutdown: Shutdown,
     /// Records and edit locks (`/v1/records/...`).
     pub records: Arc<crate::records::RecordService>,
+    /// The Zoho sync (`/v1/sync/...`, `/v1/zoho/...`, `/v1/webhooks/zoho`).
+    pub sync: Arc<crate::sync::SyncService>,
 }
 
 #[derive(Clone)]
@@ -70,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .merge(records::routes())
         .merge(offline::routes())
+        .merge(sync::routes())
         .with_state(state)
         .merge(ws)
 }

@@ -316,6 +316,7 @@ impl RecordService {
                 at: Some(time::OffsetDateTime::now_utc()),
                 rules,
                 origin: None,
+                writer_is_remote: false,
             })
             .await?;
         if !m.committed.changed.is_empty() || m.conflict.is_some() {

@@ -161,6 +161,7 @@ impl RecordService {
             base,
             at,
             origin: Some((client.to_owned(), seq)),
+            writer_is_remote: false,
         })
     }
 
@@ -410,6 +411,8 @@ mod tests {
         pushes: AtomicUsize,
         fail_after: usize,
     }
+
+    crate::store::sync::delegate_sync_store!(Flaky, inner);
 
     #[async_trait]
     impl Store for Flaky {

@@ -167,7 +167,8 @@ pub async fn relay_once(store: &SharedStore, hub: &Hub, rules: &ChannelRules) ->
 }
 
 /// Why an event did not go out.
-enum Failure {
+#[derive(Debug)]
+pub enum Failure {
     /// The broker is unreachable: keep the event and try again.
     Retry(crate::broker::BrokerError),
     /// The event can never be published (its channel is no longer
@@ -176,19 +177,40 @@ enum Failure {
 }
 
 async fn publish(hub: &Hub, rules: &ChannelRules, event: &OutboxEvent) -> Result<(), Failure> {
+    publish_json(
+        hub,
+        rules,
+        &event.tenant,
+        &event.channel,
+        event.payload.clone(),
+        Some(format!("outbox:{}", event.id)),
+    )
+    .await
+}
+
+/// Publishes a JSON event to a tenant's channel with the channel's history
+/// settings (the outbox relay and the sync's session events).
+pub async fn publish_json(
+    hub: &Hub,
+    rules: &ChannelRules,
+    tenant: &str,
+    channel: &str,
+    payload: String,
+    idempotency_key: Option<String>,
+) -> Result<(), Failure> {
     let resolved = rules
-        .resolve(&event.channel)
+        .resolve(channel)
         .map_err(|c| Failure::Drop(format!("channel does not resolve: {c:?}")))?;
     let options = PublishOptions {
         history: resolved
             .options
             .history_enabled()
             .then(|| resolved.retention()),
-        idempotency_key: Some(format!("outbox:{}", event.id)),
+        idempotency_key,
     };
     hub.publish(
-        &ChannelKey::new(event.tenant.as_str(), event.channel.as_str()),
-        Bytes::from(event.payload.clone()),
+        &ChannelKey::new(tenant, channel),
+        Bytes::from(payload),
         None,
         Default::default(),
         &options,
@@ -203,6 +225,15 @@ async fn publish(hub: &Hub, rules: &ChannelRules, event: &OutboxEvent) -> Result
         }
     })?;
     Ok(())
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Retry(e) => write!(f, "{e}"),
+            Failure::Drop(e) => write!(f, "{e}"),
+        }
+    }
 }
 
 /// One lease scan; true when it wrote events.

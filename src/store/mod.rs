@@ -11,6 +11,8 @@
 
 #[macro_use]
 mod shared;
+#[macro_use]
+pub mod sync;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
@@ -105,6 +107,9 @@ pub struct MergeWrite {
     pub rules: EntityRules,
     /// The offline client and mutation seq, kept with a conflict.
     pub origin: Option<(String, i64)>,
+    /// The writer is Zoho (a pull): the conflict engine sees it as the
+    /// remote side and the stored record as the local one.
+    pub writer_is_remote: bool,
 }
 
 /// How a merge write ended.
@@ -279,7 +284,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// The records-and-locks store. Every method is one transaction (or one
 /// statement); a method that returns an error has written nothing.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: sync::SyncStore + Send + Sync + 'static {
     /// Which backend, for logs and `/api/info`.
     fn backend(&self) -> &'static str;
 
@@ -439,11 +444,22 @@ pub type SharedStore = Arc<dyn Store>;
 /// when `database_url` is set, else SQLite at `<data_dir>/synchub.db`.
 pub async fn open(config: &crate::config::Config) -> anyhow::Result<SharedStore> {
     use anyhow::Context as _;
+    // Local changes of entities that sync to Zoho queue a push.
+    let pushed: Vec<String> = config
+        .sync
+        .entities
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .iter()
+        .filter(|m| m.crosses(crate::domain::mapping::Flow::ToZoho))
+        .map(|m| m.name().to_owned())
+        .collect();
     match &config.database_url {
         Some(url) => {
             let store = postgres::PgStore::connect(url.expose())
                 .await
-                .context("connecting to PostgreSQL")?;
+                .context("connecting to PostgreSQL")?
+                .with_sync_entities(pushed);
             store.migrate().await.context("migrating PostgreSQL")?;
             Ok(Arc::new(store))
         }
@@ -453,7 +469,8 @@ pub async fn open(config: &crate::config::Config) -> anyhow::Result<SharedStore>
             let path = config.data_dir.join("synchub.db");
             let store = sqlite::SqliteStore::open(&path)
                 .await
-                .with_context(|| format!("opening {}", path.display()))?;
+                .with_context(|| format!("opening {}", path.display()))?
+                .with_sync_entities(pushed);
             store.migrate().await.context("migrating SQLite")?;
             Ok(Arc::new(store))
         }

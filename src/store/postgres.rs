@@ -14,9 +14,18 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 #[derive(Clone)]
 pub struct PgStore {
     pool: sqlx::PgPool,
+    /// Entities whose local changes queue a Zoho push.
+    sync: std::sync::Arc<std::collections::HashSet<String>>,
 }
 
 impl PgStore {
+    /// Sets the entities whose local changes queue a Zoho push (in the
+    /// transaction of the change).
+    pub fn with_sync_entities(mut self, entities: impl IntoIterator<Item = String>) -> Self {
+        self.sync = std::sync::Arc::new(entities.into_iter().collect());
+        self
+    }
+
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         Self::connect_with(PgConnectOptions::from_str(url)?).await
     }
@@ -28,7 +37,10 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            sync: Default::default(),
+        })
     }
 
     /// Applies pending migrations from `migrations/postgres/` (embedded at build time).
@@ -52,9 +64,22 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "offline and conflicts",
         include_str!("../../migrations/postgres/0002_offline_and_conflicts.sql"),
     ),
+    (
+        3,
+        "sync",
+        include_str!("../../migrations/postgres/0003_sync.sql"),
+    ),
 ];
 
 sql_store!(PgStore, sqlx::Postgres, "postgres");
+
+/// The database clock in Unix milliseconds (`clock_timestamp`: leases
+/// taken late in a long transaction still start now).
+macro_rules! now_ms {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
+}
 
 macro_rules! ms {
     ($col:literal) => {
@@ -294,3 +319,6 @@ mod q {
         ms!("updated_at")
     );
 }
+
+sync_store!(PgStore);
+sync_queries!("FOR UPDATE SKIP LOCKED", "FOR UPDATE", "NOT deleted");

@@ -255,6 +255,7 @@ pub fn merge_fields(
 macro_rules! sql_store {
     ($store:ident, $db:ty, $backend:literal) => {
         type Tx<'a> = sqlx::Transaction<'a, $db>;
+        type SyncSet = std::collections::HashSet<String>;
         type DbRow = <$db as sqlx::Database>::Row;
 
         use sqlx::Row as _;
@@ -420,7 +421,7 @@ macro_rules! sql_store {
 
         /// A fenced write's effects: version check, record, change log,
         /// change version and events. Commits nothing itself.
-        async fn apply(tx: &mut Tx<'_>, w: &Write) -> StoreResult<Committed> {
+        async fn apply(tx: &mut Tx<'_>, w: &Write, sync: &SyncSet) -> StoreResult<Committed> {
             let key = &w.key;
             let row = keyed(q::RECORD_FOR_UPDATE, key)
                 .fetch_optional(&mut **tx)
@@ -505,6 +506,11 @@ macro_rules! sql_store {
             };
             outbox(tx, &key.tenant, &key.changes_channel(), &payload).await?;
             outbox(tx, &key.tenant, &key.record_channel(), &payload).await?;
+            // A change made here goes to Zoho; one that came from Zoho does not
+            // go back (no echo). The push job commits with the change.
+            if w.source != Source::Zoho && sync.contains(&key.entity) {
+                queue_push(tx, key).await?;
+            }
             Ok(Committed { record, changed })
         }
 
@@ -563,7 +569,7 @@ macro_rules! sql_store {
         }
 
         /// A merge write inside a transaction (see [`Store::merge_write`]).
-        async fn merge_in(tx: &mut Tx<'_>, m: &MergeWrite) -> StoreResult<Merged> {
+        async fn merge_in(tx: &mut Tx<'_>, m: &MergeWrite, sync: &SyncSet) -> StoreResult<Merged> {
             let w = &m.write;
             let key = &w.key;
             fence(tx, w).await?;
@@ -584,7 +590,7 @@ macro_rules! sql_store {
                 _ => None,
             };
             let Some(current) = stale else {
-                let committed = apply(tx, w).await?;
+                let committed = apply(tx, w, sync).await?;
                 return Ok(Merged {
                     committed,
                     status: MergeStatus::Applied,
@@ -607,16 +613,24 @@ macro_rules! sql_store {
                 .keys()
                 .map(|k| (k.clone(), current.fields.get(k).cloned().unwrap_or(Value::Null)))
                 .collect();
-            let outcome = resolve(
-                &m.rules,
-                &base,
-                Side::new(&w.fields, m.at),
-                Side::new(&remote, Some(ms_to_time(current.updated_at))),
-            );
+            let stored_at = Some(ms_to_time(current.updated_at));
+            // The conflict engine's local side is synchub's: the writer,
+            // unless the writer is Zoho (a pull), whose side is remote.
+            let (local_side, remote_side) = if m.writer_is_remote {
+                (Side::new(&remote, stored_at), Side::new(&w.fields, m.at))
+            } else {
+                (Side::new(&w.fields, m.at), Side::new(&remote, stored_at))
+            };
+            let outcome = resolve(&m.rules, &base, local_side, remote_side);
+            let (local, remote) = if m.writer_is_remote {
+                (remote, w.fields.clone())
+            } else {
+                (w.fields.clone(), remote)
+            };
             let mut patched = w.clone();
             patched.base_version = Some(current.version);
             patched.fields = outcome.changes_against(&current.fields);
-            let committed = apply(tx, &patched).await?;
+            let committed = apply(tx, &patched, sync).await?;
             let open = outcome.has_unresolved();
             let status = if open {
                 MergeStatus::Conflict
@@ -666,7 +680,7 @@ macro_rules! sql_store {
                 .bind(&client_id)
                 .bind(seq)
                 .bind(Value::Object(base.clone()).to_string())
-                .bind(Value::Object(w.fields.clone()).to_string())
+                .bind(Value::Object(local.clone()).to_string())
                 .bind(Value::Object(remote.clone()).to_string())
                 .bind(&fields_json)
                 .bind(m.rules.strategy.as_str())
@@ -687,7 +701,7 @@ macro_rules! sql_store {
                 client_id,
                 seq,
                 base,
-                local: w.fields.clone(),
+                local,
                 remote,
                 fields: outcome.conflicts.clone(),
                 strategy: m.rules.strategy.as_str().to_owned(),
@@ -741,7 +755,7 @@ macro_rules! sql_store {
             async fn write(&self, w: Write) -> StoreResult<Committed> {
                 let mut tx = self.pool.begin().await?;
                 fence(&mut tx, &w).await?;
-                let c = apply(&mut tx, &w).await?;
+                let c = apply(&mut tx, &w, &self.sync).await?;
                 tx.commit().await?;
                 Ok(c)
             }
@@ -1080,7 +1094,7 @@ macro_rules! sql_store {
 
             async fn merge_write(&self, m: MergeWrite) -> StoreResult<Merged> {
                 let mut tx = self.pool.begin().await?;
-                let merged = merge_in(&mut tx, &m).await?;
+                let merged = merge_in(&mut tx, &m, &self.sync).await?;
                 tx.commit().await?;
                 Ok(merged)
             }
@@ -1131,7 +1145,7 @@ macro_rules! sql_store {
                 }
                 let result = match plan {
                     MutationPlan::Reject { code, message } => rejected_result(seq, &code, &message),
-                    MutationPlan::Apply(m) => match merge_in(&mut tx, &m).await {
+                    MutationPlan::Apply(m) => match merge_in(&mut tx, &m, &self.sync).await {
                         Ok(merged) => mutation_result(seq, &merged),
                         // Permanent failures are found before anything is
                         // written, so the transaction is still clean.
@@ -1280,7 +1294,7 @@ macro_rules! sql_store {
                         by: by.to_owned(),
                         source: Source::Local,
                     };
-                    Some(apply(&mut tx, &w).await?)
+                    Some(apply(&mut tx, &w, &self.sync).await?)
                 };
                 c.history.push(json!({
                     "at": now_rfc3339(),

@@ -13,9 +13,18 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
+    /// Entities whose local changes queue a Zoho push.
+    sync: std::sync::Arc<std::collections::HashSet<String>>,
 }
 
 impl SqliteStore {
+    /// Sets the entities whose local changes queue a Zoho push (in the
+    /// transaction of the change).
+    pub fn with_sync_entities(mut self, entities: impl IntoIterator<Item = String>) -> Self {
+        self.sync = std::sync::Arc::new(entities.into_iter().collect());
+        self
+    }
+
     /// Opens (creating when missing) the database file.
     pub async fn open(path: &Path) -> Result<Self, sqlx::Error> {
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
@@ -28,7 +37,10 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            sync: Default::default(),
+        })
     }
 
     /// Applies pending migrations from `migrations/sqlite/` (embedded at build time).
@@ -48,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "offline and conflicts",
         include_str!("../../migrations/sqlite/0002_offline_and_conflicts.sql"),
     ),
+    (
+        3,
+        "sync",
+        include_str!("../../migrations/sqlite/0003_sync.sql"),
+    ),
 ];
 
 sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
@@ -56,6 +73,12 @@ sql_store!(SqliteStore, sqlx::Sqlite, "sqlite");
 macro_rules! now {
     () => {
         "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)"
+    };
+}
+
+macro_rules! now_ms {
+    () => {
+        now!()
     };
 }
 
@@ -271,3 +294,7 @@ mod q {
         " WHERE tenant = $1 AND id = $2 RETURNING updated_at"
     );
 }
+
+sync_store!(SqliteStore);
+// One writer: the single pooled connection serialises claims.
+sync_queries!("", "", "deleted = 0");

@@ -636,6 +636,7 @@ fn merge(k: &RecordKey, base_version: i64, base: Value, fields: Value, by: &str)
         at: None,
         rules: crate::domain::conflict::EntityRules::default(),
         origin: None,
+        writer_is_remote: false,
     }
 }
 

@@ -898,6 +898,24 @@ impl ZohoClient {
         Ok(records_of(&reply.body)?.into_iter().next())
     }
 
+    /// How many records the module holds (`/actions/count`).
+    pub async fn count(&self, module: &str) -> Result<u64, ZohoError> {
+        let call = Call::new(
+            Method::GET,
+            self.api(&format!("/{module}/actions/count")),
+            true,
+        );
+        let reply = self.send(call).await?;
+        if reply.status == 204 {
+            return Ok(0);
+        }
+        reply
+            .body
+            .get("count")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| malformed("a count reply without a count"))
+    }
+
     /// Deleted records (recycle bin and permanent), newest first.
     pub async fn deleted_records(
         &self,

@@ -11,4 +11,5 @@ mod offline;
 mod offline_crash;
 mod records;
 mod server_api;
+mod sync;
 mod zoho;

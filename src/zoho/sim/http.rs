@@ -60,6 +60,7 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/{module}/upsert", post(records::upsert))
         .route("/{module}/search", get(records::search))
         .route("/{module}/deleted", get(records::deleted))
+        .route("/{module}/actions/count", get(records::count))
         .route(
             "/{module}/actions/mass_update",
             post(jobs::mass_update).get(jobs::mass_update_status),
@@ -106,11 +107,41 @@ pub fn router(state: Arc<SimState>) -> Router {
         .with_state(state)
 }
 
+/// Request bodies up to this size are kept in the log (JSON writes).
+const LOGGED_BODY: usize = 512 * 1024;
+
 async fn log_requests(State(state): State<Arc<SimState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let small = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n <= LOGGED_BODY);
+    let (body, text) = if small {
+        match axum::body::to_bytes(body, LOGGED_BODY).await {
+            Ok(bytes) => (
+                axum::body::Body::from(bytes.clone()),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ),
+            Err(_) => (axum::body::Body::empty(), String::new()),
+        }
+    } else {
+        (body, String::new())
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| *k != axum::http::header::AUTHORIZATION)
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let req = Request::from_parts(parts, body);
     let seq = state.record_request(LoggedRequest {
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
         status: 0,
+        body: text,
+        headers,
     });
     let response = zoho_shaped(next.run(req).await);
     state.answered(seq, response.status().as_u16());

@@ -1035,3 +1035,11 @@ pub async fn unlock(
         .with_details(json!({"id": lock_id}))),
     }
 }
+
+/// `GET /crm/v8/{module}/actions/count`: `{"count": n}` of live records.
+pub async fn count(State(state): State<Arc<SimState>>, Path(name): Path<String>) -> Reply {
+    let world = state.world();
+    let index = module_index(&world, &name)?;
+    let n = world.modules[index].records.len();
+    Ok(json_reply(StatusCode::OK, &json!({"count": n})))
+}

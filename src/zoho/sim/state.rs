@@ -250,6 +250,10 @@ pub struct LoggedRequest {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// The body of a small request (writes), else empty.
+    pub body: String,
+    /// Request headers, `Authorization` left out.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Everything the handlers share.
