@@ -265,7 +265,7 @@ fn connection_error(e: ConnectionError) -> ApiError {
     match e {
         ConnectionError::Invalid(m) => invalid(m),
         ConnectionError::NoKey => invalid(e.to_string()),
-        ConnectionError::Store(s) => ServiceError::from(s).into(),
+        ConnectionError::Store(s) => ServiceError::from(*s).into(),
         other => {
             tracing::error!(error = %other, "Zoho connection");
             ServiceError::Internal.into()

@@ -28,7 +28,8 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = sqlite::SqliteStore::open(&dir.path().join("t.db"))
             .await
-            .expect("open sqlite");
+            .expect("open sqlite")
+            .with_sync_entities(["deals".to_owned()]);
         store.migrate().await.expect("migrate sqlite");
         Self {
             store: Arc::new(store),
@@ -75,7 +76,8 @@ impl Fixture {
         let options = options.options([("search_path", schema.as_str())]);
         let store = postgres::PgStore::connect_with(options)
             .await
-            .expect("connect");
+            .expect("connect")
+            .with_sync_entities(["deals".to_owned()]);
         store.migrate().await.expect("migrate postgres");
         Some(Self {
             store: Arc::new(store),
@@ -143,6 +145,12 @@ on_both!(
     concurrent_pushes_of_one_queue_apply_every_seq_exactly_once,
     pull_pages_through_changes_after_the_cursor_and_filters_entities,
     resolving_a_conflict_writes_the_choice_once_and_keeps_the_history,
+    a_local_write_queues_one_push_per_record_and_a_zoho_write_none,
+    a_lapsed_lease_passes_the_job_on_and_fences_the_old_claim,
+    a_record_with_a_running_push_is_not_claimed_twice,
+    failures_back_off_or_go_dead_and_a_dead_job_can_be_revived,
+    concurrent_claimers_take_each_job_exactly_once,
+    shadows_merge_and_schedule_slots_open_once,
 );
 
 fn key(tenant: &str, id: &str) -> RecordKey {
@@ -1049,4 +1057,376 @@ async fn resolving_a_conflict_writes_the_choice_once_and_keeps_the_history(store
         vec![second]
     );
     assert!(list(Some("open"), Some("deals"), 0, 10).await.is_empty());
+}
+
+// ---- the sync queue and state (store/sync.rs) ------------------------------
+
+use super::sync::{JOB_PUSH, NewJob, Retry, ShadowPatch, SyncStat};
+
+fn zoho_write(k: &RecordKey, fields: Value) -> Write {
+    Write {
+        source: Source::Zoho,
+        respect_locks: false,
+        ..update(k, Some(0), fields, "zoho")
+    }
+}
+
+async fn a_local_write_queues_one_push_per_record_and_a_zoho_write_none(s: SharedStore) {
+    let a = key("t", "q-1");
+    s.write(update(&a, Some(0), json!({"x": 1}), "u"))
+        .await
+        .unwrap();
+    s.write(update(&a, None, json!({"x": 2}), "u"))
+        .await
+        .unwrap();
+    let jobs = s.list_jobs("t", Some("queued"), 10).await.unwrap();
+    assert_eq!(jobs.len(), 1, "two changes, one waiting push: {jobs:?}");
+    assert_eq!(jobs[0].record_id, "q-1");
+    assert_eq!(jobs[0].kind, JOB_PUSH);
+    assert_eq!(s.shadow(&a).await.unwrap().unwrap().status, "pending");
+    // A change that came from Zoho does not go back.
+    let b = key("t", "q-2");
+    s.write(zoho_write(&b, json!({"x": 1}))).await.unwrap();
+    assert_eq!(s.list_jobs("t", None, 10).await.unwrap().len(), 1);
+    // Entities that do not sync queue nothing.
+    let other = RecordKey::new("t", "notes", "n-1");
+    s.write(update(&other, Some(0), json!({"x": 1}), "u"))
+        .await
+        .unwrap();
+    assert_eq!(s.list_jobs("t", None, 10).await.unwrap().len(), 1);
+    assert_eq!(s.queue_depth("t").await.unwrap()[0].queued, 1);
+}
+
+async fn a_lapsed_lease_passes_the_job_on_and_fences_the_old_claim(s: SharedStore) {
+    let a = key("t", "l-1");
+    s.write(update(&a, Some(0), json!({"x": 1}), "u"))
+        .await
+        .unwrap();
+    let first = s.claim_jobs("w1", JOB_PUSH, 10, 300).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(
+        s.claim_jobs("w2", JOB_PUSH, 10, 300)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // w1 renews while it works...
+    assert_eq!(s.extend_leases("w1", &[first[0].id], 300).await.unwrap(), 1);
+    assert_eq!(s.extend_leases("w2", &[first[0].id], 300).await.unwrap(), 0);
+    // ...then stops renewing: the lease lapses and w2 takes the job.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let second = s.claim_jobs("w2", JOB_PUSH, 10, 5_000).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id, first[0].id);
+    assert!(second[0].claims > first[0].claims);
+    assert_eq!(second[0].last_error_class.as_deref(), Some("lease_expired"));
+    // w1's late answer changes nothing.
+    assert!(!s.finish_job(&first[0]).await.unwrap());
+    assert!(
+        !s.fail_job(&first[0], Retry::Dead, "server_error", "late")
+            .await
+            .unwrap()
+    );
+    assert!(s.finish_job(&second[0]).await.unwrap());
+    assert!(s.list_jobs("t", None, 10).await.unwrap().is_empty());
+}
+
+async fn a_record_with_a_running_push_is_not_claimed_twice(s: SharedStore) {
+    let a = key("t", "r-1");
+    s.write(update(&a, Some(0), json!({"x": 1}), "u"))
+        .await
+        .unwrap();
+    let running = s.claim_jobs("w1", JOB_PUSH, 10, 5_000).await.unwrap();
+    assert_eq!(running.len(), 1);
+    // A change while it runs queues a second job for the same record...
+    s.write(update(&a, None, json!({"x": 2}), "u"))
+        .await
+        .unwrap();
+    assert_eq!(s.list_jobs("t", Some("queued"), 10).await.unwrap().len(), 1);
+    // ...which no worker takes while the first runs.
+    assert!(
+        s.claim_jobs("w2", JOB_PUSH, 10, 5_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A retry of the running job folds into the queued one.
+    assert!(
+        s.fail_job(
+            &running[0],
+            Retry::Later {
+                delay_ms: 0,
+                counted: true
+            },
+            "timeout",
+            "slow"
+        )
+        .await
+        .unwrap()
+    );
+    let jobs = s.list_jobs("t", None, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].attempts, 1, "the attempt carries over");
+    let next = s.claim_jobs("w2", JOB_PUSH, 10, 5_000).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert!(s.finish_job(&next[0]).await.unwrap());
+}
+
+async fn failures_back_off_or_go_dead_and_a_dead_job_can_be_revived(s: SharedStore) {
+    let a = key("t", "f-1");
+    s.write(update(&a, Some(0), json!({"x": 1}), "u"))
+        .await
+        .unwrap();
+    let job = s
+        .claim_jobs("w", JOB_PUSH, 1, 5_000)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        s.fail_job(
+            &job,
+            Retry::Later {
+                delay_ms: 60_000,
+                counted: true
+            },
+            "server_error",
+            "500"
+        )
+        .await
+        .unwrap()
+    );
+    // Not due yet.
+    assert!(
+        s.claim_jobs("w", JOB_PUSH, 1, 5_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let listed = s.list_jobs("t", None, 10).await.unwrap().remove(0);
+    assert_eq!(listed.attempts, 1);
+    assert_eq!(listed.last_error_class.as_deref(), Some("server_error"));
+    // Throttling is not an attempt.
+    let b = key("t", "f-2");
+    s.write(update(&b, Some(0), json!({"x": 1}), "u"))
+        .await
+        .unwrap();
+    let job_b = s
+        .claim_jobs("w", JOB_PUSH, 1, 5_000)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        s.fail_job(
+            &job_b,
+            Retry::Later {
+                delay_ms: 0,
+                counted: false
+            },
+            "rate_limited",
+            "429"
+        )
+        .await
+        .unwrap()
+    );
+    let again = s
+        .claim_jobs("w", JOB_PUSH, 1, 5_000)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(again.attempts, 0);
+    assert!(
+        s.fail_job(&again, Retry::Dead, "validation", "bad")
+            .await
+            .unwrap()
+    );
+    let dead = s.list_jobs("t", Some("dead"), 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].record_id, "f-2");
+    assert_eq!(
+        s.queue_depth("t")
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.dead)
+            .sum::<i64>(),
+        1
+    );
+    assert!(s.revive_job("t", dead[0].id).await.unwrap());
+    assert!(
+        !s.revive_job("t", dead[0].id).await.unwrap(),
+        "no longer dead"
+    );
+    assert!(
+        !s.revive_job("other", dead[0].id).await.unwrap(),
+        "another tenant's"
+    );
+    let revived = s
+        .claim_jobs("w", JOB_PUSH, 1, 5_000)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(revived.record_id, "f-2");
+    assert_eq!(revived.attempts, 0);
+}
+
+async fn concurrent_claimers_take_each_job_exactly_once(s: SharedStore) {
+    for i in 0..60 {
+        s.enqueue_job(&NewJob::push(&key("t", &format!("c-{i}"))))
+            .await
+            .unwrap();
+    }
+    let mut claimers = vec![];
+    for w in 0..8 {
+        let s = s.clone();
+        claimers.push(tokio::spawn(async move {
+            let mut mine = vec![];
+            loop {
+                let jobs = s
+                    .claim_jobs(&format!("w{w}"), JOB_PUSH, 7, 60_000)
+                    .await
+                    .unwrap();
+                if jobs.is_empty() {
+                    return mine;
+                }
+                for j in jobs {
+                    mine.push(j.id);
+                    assert!(s.finish_job(&j).await.unwrap());
+                }
+            }
+        }));
+    }
+    let mut all = vec![];
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(n, 60, "every job claimed");
+    assert_eq!(all.len(), 60, "none claimed twice");
+}
+
+async fn shadows_merge_and_schedule_slots_open_once(s: SharedStore) {
+    let a = key("t", "s-1");
+    let first = s
+        .patch_shadow(
+            &a,
+            &ShadowPatch {
+                zoho_id: Some("z1".into()),
+                local: obj(json!({"a": 1, "b": 2})),
+                remote: obj(json!({"A": 1})),
+                version: Some(3),
+                status: Some("synced".into()),
+                synced: true,
+                ..ShadowPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(first.synced_at.is_some());
+    let merged = s
+        .patch_shadow(
+            &a,
+            &ShadowPatch {
+                local: obj(json!({"b": 3})),
+                status: Some("error".into()),
+                error: Some(Some("why".into())),
+                ..ShadowPatch::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(merged.local, obj(json!({"a": 1, "b": 3})));
+    assert_eq!(merged.remote, obj(json!({"A": 1})));
+    assert_eq!(merged.zoho_id.as_deref(), Some("z1"));
+    assert_eq!(merged.version, 3);
+    assert_eq!(merged.synced_at, first.synced_at);
+    assert_eq!(s.shadow(&a).await.unwrap(), Some(merged));
+    assert_eq!(
+        s.find_by_zoho_id("t", "deals", "z1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("s-1")
+    );
+    assert_eq!(
+        s.status_counts("t").await.unwrap(),
+        vec![("deals".into(), "error".into(), 1)]
+    );
+
+    assert!(
+        s.claim_slot("t", "every-minute", 60_000, true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.claim_slot("t", "every-minute", 60_000, true)
+            .await
+            .unwrap()
+    );
+    assert!(!s.claim_slot("t", "later", 60_000, false).await.unwrap());
+    assert!(s.claim_slot("t", "fast", 1, true).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(s.claim_slot("t", "fast", 1, true).await.unwrap());
+
+    s.put_state("t", "k", "v1").await.unwrap();
+    s.put_state("t", "k", "v2").await.unwrap();
+    assert_eq!(s.get_state("t", "k").await.unwrap().as_deref(), Some("v2"));
+    assert_eq!(s.get_state("u", "k").await.unwrap(), None);
+
+    s.save_session(
+        "t",
+        "s1",
+        "full",
+        "Deals",
+        "running",
+        &json!({"id": "s1", "n": 1}),
+    )
+    .await
+    .unwrap();
+    s.save_session(
+        "t",
+        "s1",
+        "full",
+        "Deals",
+        "completed",
+        &json!({"id": "s1", "n": 2}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_session("t", "s1").await.unwrap(),
+        Some(json!({"id": "s1", "n": 2}))
+    );
+    assert_eq!(
+        s.list_sessions("t", Some("completed"), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.list_sessions("t", Some("running"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let stat = SyncStat {
+        module: "Deals".into(),
+        direction: "push".into(),
+        synced: 5,
+        failed: 1,
+        duration_ms: 40,
+        api_calls: 2,
+        error_code: Some("timeout".into()),
+        at: 0,
+    };
+    s.add_stat("t", &stat).await.unwrap();
+    let now = s.now_ms().await.unwrap();
+    let got = s.stats_since("t", now - 60_000).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].synced, 5);
+    assert!(got[0].at <= now && got[0].at > now - 60_000);
+    assert_eq!(s.prune_stats(now + 1).await.unwrap(), 1);
 }

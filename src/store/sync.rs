@@ -396,9 +396,8 @@ macro_rules! sync_queries {
                 "SELECT id FROM records WHERE tenant = $1 AND entity = $2 AND id > $3 AND ",
                 $live, " ORDER BY id LIMIT $4"
             );
-            pub const OPEN_CONFLICTS: &str = concat!(
-                "SELECT fields FROM conflicts WHERE tenant = $1 AND entity = $2 AND record_id = $3 AND status = 'open'"
-            );
+            pub const OPEN_CONFLICTS: &str =
+                "SELECT fields FROM conflicts WHERE tenant = $1 AND entity = $2 AND record_id = $3 AND status = 'open'";
             pub const SAVE_SESSION: &str = concat!(
                 "INSERT INTO sync_sessions (tenant, id, kind, module, status, body, created_at, updated_at) ",
                 "VALUES ($1, $2, $3, $4, $5, $6, ", now_ms!(), ", ", now_ms!(), ") ",
@@ -1029,82 +1028,192 @@ macro_rules! delegate_sync_store {
     ($ty:ty, $field:ident) => {
         #[async_trait::async_trait]
         impl $crate::store::sync::SyncStore for $ty {
-            async fn enqueue_job(&self, job: &$crate::store::sync::NewJob) -> $crate::store::StoreResult<bool> {
+            async fn enqueue_job(
+                &self,
+                job: &$crate::store::sync::NewJob,
+            ) -> $crate::store::StoreResult<bool> {
                 self.$field.enqueue_job(job).await
             }
-            async fn claim_jobs(&self, owner: &str, kind: &str, limit: i64, lease_ms: i64) -> $crate::store::StoreResult<Vec<$crate::store::sync::Job>> {
+            async fn claim_jobs(
+                &self,
+                owner: &str,
+                kind: &str,
+                limit: i64,
+                lease_ms: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::sync::Job>> {
                 self.$field.claim_jobs(owner, kind, limit, lease_ms).await
             }
-            async fn extend_leases(&self, owner: &str, ids: &[i64], lease_ms: i64) -> $crate::store::StoreResult<u64> {
+            async fn extend_leases(
+                &self,
+                owner: &str,
+                ids: &[i64],
+                lease_ms: i64,
+            ) -> $crate::store::StoreResult<u64> {
                 self.$field.extend_leases(owner, ids, lease_ms).await
             }
-            async fn finish_job(&self, job: &$crate::store::sync::Job) -> $crate::store::StoreResult<bool> {
+            async fn finish_job(
+                &self,
+                job: &$crate::store::sync::Job,
+            ) -> $crate::store::StoreResult<bool> {
                 self.$field.finish_job(job).await
             }
-            async fn fail_job(&self, job: &$crate::store::sync::Job, retry: $crate::store::sync::Retry, class: &str, message: &str) -> $crate::store::StoreResult<bool> {
+            async fn fail_job(
+                &self,
+                job: &$crate::store::sync::Job,
+                retry: $crate::store::sync::Retry,
+                class: &str,
+                message: &str,
+            ) -> $crate::store::StoreResult<bool> {
                 self.$field.fail_job(job, retry, class, message).await
             }
-            async fn list_jobs(&self, tenant: &str, status: Option<&str>, limit: i64) -> $crate::store::StoreResult<Vec<$crate::store::sync::Job>> {
+            async fn list_jobs(
+                &self,
+                tenant: &str,
+                status: Option<&str>,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::sync::Job>> {
                 self.$field.list_jobs(tenant, status, limit).await
             }
             async fn revive_job(&self, tenant: &str, id: i64) -> $crate::store::StoreResult<bool> {
                 self.$field.revive_job(tenant, id).await
             }
-            async fn queue_depth(&self, tenant: &str) -> $crate::store::StoreResult<Vec<$crate::store::sync::QueueDepth>> {
+            async fn queue_depth(
+                &self,
+                tenant: &str,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::sync::QueueDepth>> {
                 self.$field.queue_depth(tenant).await
             }
-            async fn shadow(&self, key: &$crate::store::RecordKey) -> $crate::store::StoreResult<Option<$crate::store::sync::Shadow>> {
+            async fn shadow(
+                &self,
+                key: &$crate::store::RecordKey,
+            ) -> $crate::store::StoreResult<Option<$crate::store::sync::Shadow>> {
                 self.$field.shadow(key).await
             }
-            async fn patch_shadow(&self, key: &$crate::store::RecordKey, patch: &$crate::store::sync::ShadowPatch) -> $crate::store::StoreResult<$crate::store::sync::Shadow> {
+            async fn patch_shadow(
+                &self,
+                key: &$crate::store::RecordKey,
+                patch: &$crate::store::sync::ShadowPatch,
+            ) -> $crate::store::StoreResult<$crate::store::sync::Shadow> {
                 self.$field.patch_shadow(key, patch).await
             }
-            async fn find_by_zoho_id(&self, tenant: &str, entity: &str, zoho_id: &str) -> $crate::store::StoreResult<Option<String>> {
+            async fn find_by_zoho_id(
+                &self,
+                tenant: &str,
+                entity: &str,
+                zoho_id: &str,
+            ) -> $crate::store::StoreResult<Option<String>> {
                 self.$field.find_by_zoho_id(tenant, entity, zoho_id).await
             }
-            async fn set_zoho_id(&self, key: &$crate::store::RecordKey, zoho_id: &str) -> $crate::store::StoreResult<()> {
+            async fn set_zoho_id(
+                &self,
+                key: &$crate::store::RecordKey,
+                zoho_id: &str,
+            ) -> $crate::store::StoreResult<()> {
                 self.$field.set_zoho_id(key, zoho_id).await
             }
-            async fn records_in_status(&self, tenant: &str, status: &str, limit: i64) -> $crate::store::StoreResult<Vec<($crate::store::RecordKey, $crate::store::sync::Shadow)>> {
+            async fn records_in_status(
+                &self,
+                tenant: &str,
+                status: &str,
+                limit: i64,
+            ) -> $crate::store::StoreResult<
+                Vec<($crate::store::RecordKey, $crate::store::sync::Shadow)>,
+            > {
                 self.$field.records_in_status(tenant, status, limit).await
             }
-            async fn status_counts(&self, tenant: &str) -> $crate::store::StoreResult<Vec<(String, String, i64)>> {
+            async fn status_counts(
+                &self,
+                tenant: &str,
+            ) -> $crate::store::StoreResult<Vec<(String, String, i64)>> {
                 self.$field.status_counts(tenant).await
             }
-            async fn record_ids(&self, tenant: &str, entity: &str, after: &str, limit: i64) -> $crate::store::StoreResult<Vec<String>> {
+            async fn record_ids(
+                &self,
+                tenant: &str,
+                entity: &str,
+                after: &str,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<String>> {
                 self.$field.record_ids(tenant, entity, after, limit).await
             }
-            async fn open_conflict_fields(&self, key: &$crate::store::RecordKey) -> $crate::store::StoreResult<Vec<String>> {
+            async fn open_conflict_fields(
+                &self,
+                key: &$crate::store::RecordKey,
+            ) -> $crate::store::StoreResult<Vec<String>> {
                 self.$field.open_conflict_fields(key).await
             }
-            async fn save_session(&self, tenant: &str, id: &str, kind: &str, module: &str, status: &str, body: &serde_json::Value) -> $crate::store::StoreResult<()> {
-                self.$field.save_session(tenant, id, kind, module, status, body).await
+            async fn save_session(
+                &self,
+                tenant: &str,
+                id: &str,
+                kind: &str,
+                module: &str,
+                status: &str,
+                body: &serde_json::Value,
+            ) -> $crate::store::StoreResult<()> {
+                self.$field
+                    .save_session(tenant, id, kind, module, status, body)
+                    .await
             }
-            async fn get_session(&self, tenant: &str, id: &str) -> $crate::store::StoreResult<Option<serde_json::Value>> {
+            async fn get_session(
+                &self,
+                tenant: &str,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<serde_json::Value>> {
                 self.$field.get_session(tenant, id).await
             }
-            async fn list_sessions(&self, tenant: &str, status: Option<&str>, limit: i64) -> $crate::store::StoreResult<Vec<serde_json::Value>> {
+            async fn list_sessions(
+                &self,
+                tenant: &str,
+                status: Option<&str>,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<serde_json::Value>> {
                 self.$field.list_sessions(tenant, status, limit).await
             }
-            async fn get_state(&self, tenant: &str, name: &str) -> $crate::store::StoreResult<Option<String>> {
+            async fn get_state(
+                &self,
+                tenant: &str,
+                name: &str,
+            ) -> $crate::store::StoreResult<Option<String>> {
                 self.$field.get_state(tenant, name).await
             }
-            async fn put_state(&self, tenant: &str, name: &str, value: &str) -> $crate::store::StoreResult<()> {
+            async fn put_state(
+                &self,
+                tenant: &str,
+                name: &str,
+                value: &str,
+            ) -> $crate::store::StoreResult<()> {
                 self.$field.put_state(tenant, name, value).await
             }
-            async fn claim_slot(&self, tenant: &str, name: &str, interval_ms: i64, open_now: bool) -> $crate::store::StoreResult<bool> {
-                self.$field.claim_slot(tenant, name, interval_ms, open_now).await
+            async fn claim_slot(
+                &self,
+                tenant: &str,
+                name: &str,
+                interval_ms: i64,
+                open_now: bool,
+            ) -> $crate::store::StoreResult<bool> {
+                self.$field
+                    .claim_slot(tenant, name, interval_ms, open_now)
+                    .await
             }
-            async fn add_stat(&self, tenant: &str, stat: &$crate::store::sync::SyncStat) -> $crate::store::StoreResult<()> {
+            async fn add_stat(
+                &self,
+                tenant: &str,
+                stat: &$crate::store::sync::SyncStat,
+            ) -> $crate::store::StoreResult<()> {
                 self.$field.add_stat(tenant, stat).await
             }
-            async fn stats_since(&self, tenant: &str, since_ms: i64) -> $crate::store::StoreResult<Vec<$crate::store::sync::SyncStat>> {
+            async fn stats_since(
+                &self,
+                tenant: &str,
+                since_ms: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::sync::SyncStat>> {
                 self.$field.stats_since(tenant, since_ms).await
             }
             async fn prune_stats(&self, before_ms: i64) -> $crate::store::StoreResult<u64> {
                 self.$field.prune_stats(before_ms).await
             }
-            async fn now_ms(&self, ) -> $crate::store::StoreResult<i64> {
+            async fn now_ms(&self) -> $crate::store::StoreResult<i64> {
                 self.$field.now_ms().await
             }
         }

@@ -105,9 +105,21 @@ pub enum ConnectionError {
     #[error("stored connection cannot be decrypted: {0}")]
     Decrypt(String),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(Box<crate::store::StoreError>),
     #[error(transparent)]
-    Zoho(#[from] ZohoError),
+    Zoho(Box<ZohoError>),
+}
+
+impl From<crate::store::StoreError> for ConnectionError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::Store(Box::new(e))
+    }
+}
+
+impl From<ZohoError> for ConnectionError {
+    fn from(e: ZohoError) -> Self {
+        Self::Zoho(Box::new(e))
+    }
 }
 
 impl ConnectionInput {
@@ -247,12 +259,17 @@ impl TokenStore for SealedTokenStore {
         let Some(text) = text else {
             return Ok(Some(fresh));
         };
-        let doc: TokenDoc = self
+        let doc: Option<TokenDoc> = self
             .sealer
             .open(&text)
             .ok()
-            .and_then(|plain| serde_json::from_slice(&plain).ok())
-            .ok_or_else(|| ZohoError::TokenStore("saved tokens cannot be read".into()))?;
+            .and_then(|plain| serde_json::from_slice(&plain).ok());
+        let Some(doc) = doc else {
+            // Sealed under another key (the key changed, or another node's):
+            // the connection's refresh token still works.
+            tracing::warn!(tenant = %self.tenant, "saved Zoho tokens cannot be read; refreshing");
+            return Ok(Some(fresh));
+        };
         if doc.refresh_token != self.refresh_token {
             return Ok(Some(fresh));
         }

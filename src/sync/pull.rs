@@ -154,9 +154,7 @@ pub async fn apply_remote(
         .await?;
     let record = &merged.committed.record;
     // What a local-wins or still-unsynced field must send back.
-    let differs = patch
-        .iter()
-        .any(|(k, v)| !same(record.fields.get(k), v));
+    let differs = patch.iter().any(|(k, v)| !same(record.fields.get(k), v));
     let status = match merged.status {
         MergeStatus::Conflict => "conflict",
         _ if differs => "pending",
@@ -214,9 +212,10 @@ pub async fn apply_remote_delete(
         return Ok(Outcome::Unchanged);
     };
     let shadow = store.shadow(&key).await?.unwrap_or_default();
-    let unsynced = record.fields.iter().any(|(k, v)| {
-        mapping.zoho_name_of(k).is_some() && !same(shadow.local.get(k), v)
-    });
+    let unsynced = record
+        .fields
+        .iter()
+        .any(|(k, v)| mapping.zoho_name_of(k).is_some() && !same(shadow.local.get(k), v));
     if unsynced {
         store
             .patch_shadow(

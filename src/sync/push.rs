@@ -58,6 +58,9 @@ pub fn retry_for(sync: &SyncService, job: &Job, err: &ZohoError) -> (Retry, &'st
         (capped * rand::rng().random_range(0.8..1.2)) as i64
     };
     let last_try = job.attempts + 1 >= s.max_attempts;
+    // Throttling and token trouble wait a while without using an attempt
+    // (the client already waited out its own throttle budget).
+    let pause = (s.retry_initial * 8).min(s.retry_max).as_millis() as i64;
     match err.class() {
         ErrorClass::RateLimited => {
             let after = match err {
@@ -65,7 +68,7 @@ pub fn retry_for(sync: &SyncService, job: &Job, err: &ZohoError) -> (Retry, &'st
                     retry_after: Some(d),
                     ..
                 } => d.as_millis() as i64,
-                _ => 30_000,
+                _ => pause,
             };
             (
                 Retry::Later {
@@ -77,7 +80,7 @@ pub fn retry_for(sync: &SyncService, job: &Job, err: &ZohoError) -> (Retry, &'st
         }
         ErrorClass::AuthExpired => (
             Retry::Later {
-                delay_ms: 60_000,
+                delay_ms: pause,
                 counted: false,
             },
             "auth",
@@ -125,6 +128,14 @@ pub fn retry_for(sync: &SyncService, job: &Job, err: &ZohoError) -> (Retry, &'st
     }
 }
 
+/// How long jobs of a tenant without a Zoho connection wait before looking again.
+pub fn no_connection_delay(sync: &SyncService) -> i64 {
+    sync.settings
+        .retry_max
+        .min(Duration::from_secs(60))
+        .as_millis() as i64
+}
+
 /// Pushes a claimed batch: grouped per tenant and entity, one group at a time.
 pub async fn push_batch(sync: &Arc<SyncService>, jobs: Vec<Job>) {
     let mut groups: BTreeMap<(String, String), Vec<Job>> = BTreeMap::new();
@@ -160,7 +171,7 @@ async fn push_group(
                 .fail_job(
                     job,
                     Retry::Later {
-                        delay_ms: 60_000,
+                        delay_ms: no_connection_delay(sync),
                         counted: false,
                     },
                     "no_connection",
@@ -276,13 +287,15 @@ async fn plan(sync: &SyncService, mapping: &EntityMapping, job: Job) -> Result<P
     let local: Map<String, Value> = record
         .fields
         .iter()
-        .filter(|(k, v)| {
-            !open.contains(k) && !same(shadow.local.get(*k), v)
-        })
+        .filter(|(k, v)| !open.contains(k) && !same(shadow.local.get(*k), v))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     // Fields waiting for a person keep the record in `conflict`.
-    let settled = if open.is_empty() { "synced" } else { "conflict" };
+    let settled = if open.is_empty() {
+        "synced"
+    } else {
+        "conflict"
+    };
     if local.is_empty() && shadow.zoho_id.is_some() {
         mark(sync, &key, settled, None).await?;
         return Ok(Plan::Done(job, Outcome::Unchanged));

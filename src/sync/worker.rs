@@ -47,7 +47,11 @@ async fn idle(sync: &SyncService, token: &CancellationToken) -> bool {
 /// Runs `work` while renewing the leases of `jobs` every third of the
 /// lease. The renewals run beside the work, never in its place: the work
 /// may hold the store's only connection (SQLite) mid-transaction.
-async fn with_heartbeat<F: std::future::Future>(sync: &SyncService, jobs: &[Job], work: F) -> F::Output {
+async fn with_heartbeat<F: std::future::Future>(
+    sync: &SyncService,
+    jobs: &[Job],
+    work: F,
+) -> F::Output {
     let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
     let every = sync.settings.lease / 3;
     let beat = async {
@@ -170,7 +174,7 @@ pub async fn run_session_job(sync: &Arc<SyncService>, job: Job) {
             .fail_job(
                 &job,
                 Retry::Later {
-                    delay_ms: 60_000,
+                    delay_ms: super::push::no_connection_delay(sync),
                     counted: false,
                 },
                 "no_connection",

@@ -31,7 +31,10 @@ async fn a_full_sync_pulls_every_zoho_record_and_a_second_one_changes_nothing() 
     assert_eq!(r["fields"]["Deal_Name"], "Imported 7");
     assert_eq!(r["fields"]["Amount"], 107.0);
     assert_eq!(r["zoho_id"], ids[7]);
-    assert!(r["fields"].get("Modified_Time").is_none(), "bookkeeping stays out: {r}");
+    assert!(
+        r["fields"].get("Modified_Time").is_none(),
+        "bookkeeping stays out: {r}"
+    );
     let (_, st) = env.get(&format!("/v1/sync/records/deals/{}", ids[7])).await;
     assert_eq!(st["status"], "synced", "{st}");
 
@@ -95,7 +98,10 @@ async fn a_local_change_is_pushed_as_a_delta_and_does_not_come_back() {
     names.sort();
     assert_eq!(names, ["Amount", "id"], "only the changed field: {body}");
     assert!(
-        puts[0].headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("if-unmodified-since")),
+        puts[0]
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("if-unmodified-since")),
         "the update is guarded"
     );
 
@@ -107,7 +113,10 @@ async fn a_local_change_is_pushed_as_a_delta_and_does_not_come_back() {
     assert_eq!(s["updated"], 0, "{s}");
     assert_eq!(s["created"], 2, "{s}");
     assert_eq!(s["unchanged"], 1, "{s}");
-    assert_eq!(env.record("deals", "d-1").await.expect("local")["version"], version);
+    assert_eq!(
+        env.record("deals", "d-1").await.expect("local")["version"],
+        version
+    );
     let (_, jobs) = env.get("/v1/sync/jobs").await;
     assert_eq!(jobs["jobs"], json!([]), "nothing to push back: {jobs}");
     env.finish().await;
@@ -116,9 +125,7 @@ async fn a_local_change_is_pushed_as_a_delta_and_does_not_come_back() {
 #[tokio::test]
 async fn a_zoho_change_is_pulled_incrementally_and_announced() {
     let env = Env::start().await;
-    let ids = env
-        .sim
-        .insert_raw("Deals", vec![rec(deal("Remote", 10.0))]);
+    let ids = env.sim.insert_raw("Deals", vec![rec(deal("Remote", 10.0))]);
     env.session("full", "Deals").await;
     let mut ws = env.app.connected("alice").await;
     ws.subscribe("changes:deals").await;
@@ -149,10 +156,16 @@ async fn a_zoho_change_is_pulled_incrementally_and_announced() {
     assert_eq!(fields, ["Amount", "Stage"]);
     // Pulled, not changed here: nothing goes back.
     env.settle().await;
-    assert_eq!(env.sim.count("PUT", "/Deals"), 1, "only the Zoho user's update");
+    assert_eq!(
+        env.sim.count("PUT", "/Deals"),
+        1,
+        "only the Zoho user's update"
+    );
 
     // A deletion in Zoho reaches synchub on the next incremental.
-    zoho.delete("Deals", &[ids[0].as_str()]).await.expect("delete");
+    zoho.delete("Deals", &[ids[0].as_str()])
+        .await
+        .expect("delete");
     let s = env.session("incremental", "Deals").await;
     assert_eq!(s["deleted"], 1, "{s}");
     assert!(env.record("deals", &ids[0]).await.is_none());
@@ -172,9 +185,7 @@ async fn a_zoho_notification_leads_to_a_pull_and_an_event_within_a_second() {
     })
     .await
     .expect("sqlite");
-    let ids = env
-        .sim
-        .insert_raw("Deals", vec![rec(deal("Watched", 1.0))]);
+    let ids = env.sim.insert_raw("Deals", vec![rec(deal("Watched", 1.0))]);
     env.session("full", "Deals").await;
     eventually(15, "the notification channel", || async {
         let (_, v) = env.get("/v1/zoho/connection").await;
@@ -196,10 +207,17 @@ async fn a_zoho_notification_leads_to_a_pull_and_an_event_within_a_second() {
     assert_eq!(data["type"], "record.changed", "{data}");
     assert_eq!(data["source"], "zoho");
     assert!(took < Duration::from_secs(1), "took {took:?}");
-    assert_eq!(env.record("deals", &ids[0]).await.expect("local")["fields"]["Amount"], 77.0);
+    assert_eq!(
+        env.record("deals", &ids[0]).await.expect("local")["fields"]["Amount"],
+        77.0
+    );
     let (_, list) = env.get("/v1/sync/sessions?limit=5").await;
     assert!(
-        list["sessions"].as_array().expect("sessions").iter().any(|s| s["kind"] == "webhook"),
+        list["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .any(|s| s["kind"] == "webhook"),
         "{list}"
     );
 
@@ -233,13 +251,25 @@ async fn the_same_field_changed_on_both_sides_goes_to_the_conflict_engine() {
     .await
     .expect("sqlite");
     env.create("deals", "c-1", deal("Contested", 100.0)).await;
-    eventually(10, "pushed", || async { env.in_zoho("Deals", "c-1").len() == 1 }).await;
+    eventually(10, "pushed", || async {
+        env.in_zoho("Deals", "c-1").len() == 1
+    })
+    .await;
     env.settle().await;
-    let zoho_id = env.in_zoho("Deals", "c-1")[0]["id"].as_str().expect("id").to_owned();
+    let zoho_id = env.in_zoho("Deals", "c-1")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     // Zoho's clock has whole seconds: the remote edit must be later.
     env.sim.advance_clock(Duration::from_secs(5));
     env.zoho_user()
-        .update("Deals", &[rec(json!({"id": zoho_id, "Amount": 300.0, "Description": "from zoho"}))], None)
+        .update(
+            "Deals",
+            &[rec(
+                json!({"id": zoho_id, "Amount": 300.0, "Description": "from zoho"}),
+            )],
+            None,
+        )
         .await
         .expect("remote edit");
     env.update("deals", "c-1", json!({"Amount": 200.0})).await;
@@ -249,7 +279,10 @@ async fn the_same_field_changed_on_both_sides_goes_to_the_conflict_engine() {
     let r = env.record("deals", "c-1").await.expect("local");
     assert_eq!(r["fields"]["Description"], "from zoho", "{r}");
     let (_, conflicts) = env.get("/v1/conflicts?entity=deals").await;
-    let list = conflicts["conflicts"].as_array().expect("conflicts").clone();
+    let list = conflicts["conflicts"]
+        .as_array()
+        .expect("conflicts")
+        .clone();
     assert_eq!(list.len(), 1, "{conflicts}");
     let c = &list[0];
     assert_eq!(c["record_id"], "c-1");
@@ -270,8 +303,12 @@ async fn the_same_field_changed_on_both_sides_goes_to_the_conflict_engine() {
 async fn data_zoho_refuses_is_dead_lettered_for_review_and_can_be_retried() {
     let env = Env::start().await;
     // Deal_Name is mandatory in Zoho.
-    env.create("deals", "bad-1", json!({"Stage": "Qualification", "Amount": 1.0}))
-        .await;
+    env.create(
+        "deals",
+        "bad-1",
+        json!({"Stage": "Qualification", "Amount": 1.0}),
+    )
+    .await;
     eventually(10, "a dead job", || async {
         let (_, v) = env.get("/v1/sync/jobs?status=dead").await;
         v["jobs"].as_array().is_some_and(|j| j.len() == 1)
@@ -287,14 +324,17 @@ async fn data_zoho_refuses_is_dead_lettered_for_review_and_can_be_retried() {
     assert!(env.in_zoho("Deals", "bad-1").is_empty());
 
     // Fixed here, the change coalesces with nothing dead: a new job pushes it.
-    env.update("deals", "bad-1", json!({"Deal_Name": "Named now"})).await;
+    env.update("deals", "bad-1", json!({"Deal_Name": "Named now"}))
+        .await;
     eventually(10, "the fixed deal in Zoho", || async {
         env.in_zoho("Deals", "bad-1").len() == 1
     })
     .await;
     // The dead job can be retried (it finds nothing left to send).
     let id = job["id"].as_i64().expect("id");
-    let (status, _) = env.post(&format!("/v1/sync/jobs/{id}/retry"), json!({})).await;
+    let (status, _) = env
+        .post(&format!("/v1/sync/jobs/{id}/retry"), json!({}))
+        .await;
     assert_eq!(status, 200);
     env.settle().await;
     let (status, _) = env.post("/v1/sync/jobs/999999/retry", json!({})).await;
@@ -347,14 +387,20 @@ conditions = [{ field = "amount_cents", op = "greater_than", value = 1000 }]
         json!({"name": "Too small", "status": "open", "amount_cents": 500}),
     )
     .await;
-    eventually(10, "the mapped deal", || async { env.in_zoho("Deals", "m-1").len() == 1 }).await;
+    eventually(10, "the mapped deal", || async {
+        env.in_zoho("Deals", "m-1").len() == 1
+    })
+    .await;
     env.settle().await;
     let z = env.in_zoho("Deals", "m-1").remove(0);
     assert_eq!(z["Deal_Name"], "Mapped");
     assert_eq!(z["Stage"], "Closed Won");
     assert_eq!(z["Amount"], 2500.5);
     assert!(z.get("internal").is_none());
-    assert!(env.in_zoho("Deals", "m-2").is_empty(), "the filter kept it here");
+    assert!(
+        env.in_zoho("Deals", "m-2").is_empty(),
+        "the filter kept it here"
+    );
     let (_, st) = env.get("/v1/sync/records/deals/m-2").await;
     assert_eq!(st["status"], "filtered", "{st}");
 
@@ -362,14 +408,23 @@ conditions = [{ field = "amount_cents", op = "greater_than", value = 1000 }]
     let zoho_id = z["id"].as_str().expect("id").to_owned();
     env.sim.advance_clock(Duration::from_secs(2));
     env.zoho_user()
-        .update("Deals", &[rec(json!({"id": zoho_id, "Stage": "Needs Analysis", "Amount": 10.0}))], None)
+        .update(
+            "Deals",
+            &[rec(
+                json!({"id": zoho_id, "Stage": "Needs Analysis", "Amount": 10.0}),
+            )],
+            None,
+        )
         .await
         .expect("remote edit");
     env.session("incremental", "Deals").await;
     let r = env.record("deals", "m-1").await.expect("local");
     assert_eq!(r["fields"]["status"], "open", "{r}");
     assert_eq!(r["fields"]["amount_cents"], 1000);
-    assert!(r["fields"].get("Stage").is_none(), "only named fields cross: {r}");
+    assert!(
+        r["fields"].get("Stage").is_none(),
+        "only named fields cross: {r}"
+    );
     env.finish().await;
 }
 
@@ -401,7 +456,10 @@ async fn the_connection_is_kept_encrypted_and_shown_without_secrets() {
         .await;
     assert_eq!(status, 200, "{v}");
     let text = v.to_string();
-    assert!(!text.contains(&secret) && !text.contains(&refresh), "{text}");
+    assert!(
+        !text.contains(&secret) && !text.contains(&refresh),
+        "{text}"
+    );
     assert_eq!(v["connection"]["source"], "api");
     assert_eq!(v["connection"]["encrypted_at_rest"], true);
     // A user without the admin role cannot change it.
@@ -416,19 +474,26 @@ async fn the_connection_is_kept_encrypted_and_shown_without_secrets() {
         .expect("post");
     assert_eq!(r.status().as_u16(), 403);
     // The new connection works.
-    env.create("deals", "conn-1", deal("Through the API connection", 5.0)).await;
-    eventually(10, "pushed", || async { env.in_zoho("Deals", "conn-1").len() == 1 }).await;
+    env.create("deals", "conn-1", deal("Through the API connection", 5.0))
+        .await;
+    eventually(10, "pushed", || async {
+        env.in_zoho("Deals", "conn-1").len() == 1
+    })
+    .await;
     env.finish().await;
 }
 
 #[tokio::test]
 async fn health_analytics_and_metrics_report_the_sync() {
     let env = Env::start().await;
-    env.sim
-        .insert_raw("Deals", (0..20).map(|i| rec(deal(&format!("H {i}"), 1.0))).collect());
+    env.sim.insert_raw(
+        "Deals",
+        (0..20).map(|i| rec(deal(&format!("H {i}"), 1.0))).collect(),
+    );
     env.session("full", "Deals").await;
     for i in 0..5 {
-        env.create("deals", &format!("h-{i}"), deal(&format!("Local {i}"), 2.0)).await;
+        env.create("deals", &format!("h-{i}"), deal(&format!("Local {i}"), 2.0))
+            .await;
     }
     env.settle().await;
     let (status, v) = env.get("/v1/analytics/health?range=1h").await;
@@ -461,8 +526,10 @@ async fn health_analytics_and_metrics_report_the_sync() {
 #[tokio::test]
 async fn sessions_are_announced_on_sync_sessions() {
     let env = Env::start().await;
-    env.sim
-        .insert_raw("Deals", (0..30).map(|i| rec(deal(&format!("S {i}"), 1.0))).collect());
+    env.sim.insert_raw(
+        "Deals",
+        (0..30).map(|i| rec(deal(&format!("S {i}"), 1.0))).collect(),
+    );
     let mut ws = env.app.connected("dash").await;
     ws.subscribe("sync:sessions").await;
     let s = env.session("full", "Deals").await;

@@ -2,7 +2,10 @@
 //! pulls, delta pushes, no echo, conflicts, faults, dead letters, mapping
 //! and filters, the connection API and health analytics.
 
+mod convergence;
+mod faults;
 mod flows;
+mod interop;
 
 use std::time::{Duration, Instant};
 
@@ -164,7 +167,9 @@ impl Env {
                 .as_array()
                 .map(|d| {
                     d.iter()
-                        .map(|e| e["queued"].as_i64().unwrap_or(0) + e["running"].as_i64().unwrap_or(0))
+                        .map(|e| {
+                            e["queued"].as_i64().unwrap_or(0) + e["running"].as_i64().unwrap_or(0)
+                        })
                         .sum()
                 })
                 .unwrap_or(0);
