@@ -103,6 +103,10 @@ pub struct SyncConfig {
     pub workers: bool,
     /// Records per push batch (Zoho takes at most 100 per call).
     pub push_batch: usize,
+    /// After an idle push worker wakes, it waits this long so a burst of
+    /// changes goes out in full batches (fewer API calls, a little latency).
+    #[serde(with = "humantime_serde")]
+    pub push_linger: Duration,
     /// How long a claimed job is leased; renewed every third of it.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
@@ -132,6 +136,7 @@ impl Default for SyncConfig {
             entities: Default::default(),
             workers: true,
             push_batch: 100,
+            push_linger: Duration::from_millis(100),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             max_attempts: 8,

@@ -51,6 +51,20 @@ pub fn record(stat: &SyncStat) {
     }
 }
 
+/// Sets the queue gauges of a tenant.
+pub fn queue_gauges(tenant: &str, depth: &[crate::store::sync::QueueDepth]) {
+    for d in depth {
+        for (state, n) in [
+            ("queued", d.queued),
+            ("running", d.running),
+            ("dead", d.dead),
+        ] {
+            metrics::gauge!(QUEUE, "tenant" => tenant.to_owned(), "entity" => d.entity.clone(), "state" => state)
+                .set(n as f64);
+        }
+    }
+}
+
 /// A `range` query value in milliseconds.
 pub fn parse_range(range: &str) -> Option<i64> {
     match range {
@@ -138,16 +152,7 @@ pub async fn health(sync: &SyncService, tenant: &str, range: &str) -> Result<Val
             }),
         );
     }
-    for d in &depth {
-        for (state, n) in [
-            ("queued", d.queued),
-            ("running", d.running),
-            ("dead", d.dead),
-        ] {
-            metrics::gauge!(QUEUE, "tenant" => tenant.to_owned(), "entity" => d.entity.clone(), "state" => state)
-                .set(n as f64);
-        }
-    }
+    queue_gauges(tenant, &depth);
     Ok(json!({
         "range": range,
         "modules": out,

@@ -315,7 +315,12 @@ struct Live {
     client: ZohoClient,
     /// Set when a refresh failed: the sync waits until the connection is set again.
     paused: Option<String>,
+    /// When the stored connection was last read (another node may replace it).
+    checked: std::time::Instant,
 }
+
+/// How often a node looks for a connection another node stored.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every tenant's connection and client.
 pub struct Connections {
@@ -377,23 +382,39 @@ impl Connections {
             connection,
             client,
             paused: None,
+            checked: std::time::Instant::now(),
         })
     }
 
     /// The tenant's client: the stored connection, else the configured
     /// one; `None` when the tenant has no connection (or it is paused).
     pub async fn client(&self, tenant: &str) -> Option<ZohoClient> {
-        if let Some(live) = self.live().get(tenant) {
-            return live.paused.is_none().then(|| live.client.clone());
+        let known = self.live().get(tenant).map(|live| {
+            (
+                live.checked.elapsed() < RECHECK,
+                live.connection.updated_at.clone(),
+                live.paused.is_none().then(|| live.client.clone()),
+            )
+        });
+        if let Some((true, _, client)) = &known {
+            return client.clone();
         }
         let connection = match self.load(tenant).await {
             Ok(Some(c)) => c,
             Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(tenant, error = %e, "the Zoho connection cannot be loaded");
-                return None;
+                return known.and_then(|(_, _, client)| client);
             }
         };
+        if let Some((_, updated_at, client)) = known
+            && updated_at == connection.updated_at
+        {
+            if let Some(live) = self.live().get_mut(tenant) {
+                live.checked = std::time::Instant::now();
+            }
+            return client;
+        }
         match self.build(tenant, connection) {
             Ok(live) => {
                 let client = live.client.clone();
@@ -536,6 +557,54 @@ mod tests {
             accounts_url: urls.map(|u| u.0.to_owned()),
             api_url: urls.map(|u| u.1.to_owned()),
         }
+    }
+
+    #[tokio::test]
+    async fn a_stored_connection_is_sealed_and_another_key_cannot_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = crate::store::sqlite::SqliteStore::open(&dir.path().join("c.db"))
+            .await
+            .unwrap();
+        sqlite.migrate().await.unwrap();
+        let store: SharedStore = Arc::new(sqlite);
+        let tuning = ClientTuning {
+            requests_per_second: 10,
+            max_concurrency: 2,
+            daily_credits: None,
+            request_timeout: std::time::Duration::from_secs(1),
+            max_attempts: 1,
+            backoff_initial: std::time::Duration::from_millis(10),
+            throttle_budget: std::time::Duration::from_secs(1),
+        };
+        let connections = Connections::new(store.clone(), Some("key one"), tuning.clone(), None);
+        let connection = ConnectionInput {
+            client_id: "1000.CLIENT".into(),
+            client_secret: "the-client-secret".into(),
+            refresh_token: "the-refresh-token".into(),
+            data_centre: Some("us".into()),
+            accounts_url: None,
+            api_url: None,
+        }
+        .into_connection()
+        .unwrap();
+        connections.set("t", connection).await.unwrap();
+        let raw = store
+            .get_state("t", CONNECTION_STATE)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(raw.starts_with("v1:"));
+        assert!(!raw.contains("the-refresh-token") && !raw.contains("the-client-secret"));
+        let view = connections.view("t").await.unwrap().to_string();
+        assert!(!view.contains("the-refresh-token") && !view.contains("the-client-secret"));
+        assert!(view.contains("\"state\":\"active\""), "{view}");
+        // Another node with another key cannot use it (and says so).
+        let other = Connections::new(store, Some("key two"), tuning, None);
+        assert!(other.client("t").await.is_none());
+        assert!(matches!(
+            other.load("t").await,
+            Err(ConnectionError::Decrypt(_))
+        ));
     }
 
     #[test]

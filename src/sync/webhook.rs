@@ -218,3 +218,104 @@ mod tests {
         assert!(!same_secret("", "a"));
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{Config, Secret};
+    use crate::zoho::sim::{Sim, SimConfig};
+
+    #[tokio::test]
+    async fn the_channel_is_opened_once_and_renewed_before_it_expires() {
+        let sim = Sim::start(SimConfig {
+            token_throttle: None,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let (id, secret, refresh) = sim.credentials().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            encryption_key: Some(Secret::new("test-key")),
+            ..Config::default()
+        };
+        config.zoho.accounts_url = Some(sim.base_url.clone());
+        config.zoho.api_url = Some(sim.base_url.clone());
+        config.zoho.client_id = Some(id);
+        config.zoho.client_secret = Some(Secret::new(secret));
+        config.zoho.refresh_token = Some(Secret::new(refresh));
+        config.sync.webhook_url = Some("http://127.0.0.1:9/v1/webhooks/zoho".into());
+        let shutdown = crate::shutdown::Shutdown::new();
+        let hub = crate::startup::build_hub(&config, &shutdown).await.unwrap();
+        let store = crate::store::open(&config).await.unwrap();
+        let rules = crate::channel::ChannelRules::new(&config.channels, 255);
+        let sync = crate::startup::build_sync(&config, store, hub, rules).unwrap();
+        let client = sync.connections.client("default").await.unwrap();
+
+        ensure_channel(&sync, "default", &client).await.unwrap();
+        let opened = channel_state(&sync, "default").await.unwrap().unwrap();
+        assert_eq!(sim.count("POST", "/actions/watch"), 1);
+        assert!(opened.events.contains(&"Deals.all".to_owned()));
+        assert_eq!(opened.token.len(), 32);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!((opened.expiry - now - 86_400).abs() < 60);
+
+        // Far from expiry: nothing to do.
+        ensure_channel(&sync, "default", &client).await.unwrap();
+        assert_eq!(sim.count("POST", "/actions/watch"), 1);
+        assert_eq!(sim.count("PATCH", "/actions/watch"), 0);
+
+        // An hour left: renewed for another day, same channel and token.
+        save(
+            &sync,
+            "default",
+            &ChannelState {
+                expiry: now + 3600,
+                ..opened.clone()
+            },
+        )
+        .await
+        .unwrap();
+        ensure_channel(&sync, "default", &client).await.unwrap();
+        assert_eq!(sim.count("PATCH", "/actions/watch"), 1);
+        let renewed = channel_state(&sync, "default").await.unwrap().unwrap();
+        assert_eq!(renewed.channel_id, opened.channel_id);
+        assert_eq!(renewed.token, opened.token);
+        assert!(renewed.expiry > now + 86_000);
+
+        // A callback with the token is accepted and queues a webhook session.
+        let body = serde_json::json!({
+            "module": "Deals", "ids": ["1"], "operation": "update",
+            "channel_id": opened.channel_id.parse::<u64>().unwrap(), "token": opened.token,
+        });
+        let session = accept(&sync, Some("default"), body.to_string().as_bytes())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(session.kind, SessionKind::Webhook);
+        assert_eq!(session.ids, ["1"]);
+        // Wrong token, unknown tenant, not JSON.
+        let forged = serde_json::json!({
+            "module": "Deals", "ids": ["1"], "operation": "update",
+            "channel_id": opened.channel_id, "token": "x".repeat(32),
+        });
+        assert!(matches!(
+            accept(&sync, Some("default"), forged.to_string().as_bytes()).await,
+            Err(WebhookError::Unauthorized)
+        ));
+        assert!(matches!(
+            accept(&sync, Some("nobody"), body.to_string().as_bytes()).await,
+            Err(WebhookError::Unauthorized)
+        ));
+        assert!(matches!(
+            accept(&sync, Some("default"), b"{").await,
+            Err(WebhookError::Malformed)
+        ));
+        shutdown.trigger();
+        shutdown.wait(Duration::from_secs(2)).await;
+        sim.stop().await;
+    }
+}

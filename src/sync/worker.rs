@@ -95,6 +95,7 @@ pub async fn push_loop(sync: Arc<SyncService>, token: CancellationToken) {
                 if !idle(&sync, &token).await {
                     break;
                 }
+                tokio::time::sleep(sync.settings.push_linger).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "claiming push jobs failed");
@@ -286,9 +287,6 @@ pub async fn scheduler_loop(sync: Arc<SyncService>, token: CancellationToken) {
         }
         n += 1;
         super::push::close_idle_sessions(&sync, Duration::from_secs(2)).await;
-        if n % 5 != 1 {
-            continue;
-        }
         for tenant in sync.connections.tenants() {
             let Some(client) = sync.connections.client(&tenant).await else {
                 continue;
@@ -305,6 +303,13 @@ pub async fn scheduler_loop(sync: Arc<SyncService>, token: CancellationToken) {
                     }
                     Ok(false) => {}
                     Err(e) => tracing::warn!(error = %e, "watch slot"),
+                }
+            }
+        }
+        if n % 5 == 1 {
+            for tenant in sync.connections.tenants() {
+                if let Ok(depth) = sync.store.queue_depth(&tenant).await {
+                    super::analytics::queue_gauges(&tenant, &depth);
                 }
             }
         }

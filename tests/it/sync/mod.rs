@@ -6,6 +6,7 @@ mod convergence;
 mod faults;
 mod flows;
 mod interop;
+mod nodes;
 
 use std::time::{Duration, Instant};
 
