@@ -257,6 +257,7 @@ macro_rules! sql_store {
         type Tx<'a> = sqlx::Transaction<'a, $db>;
         type SyncSet = std::collections::HashSet<String>;
         type DbRow = <$db as sqlx::Database>::Row;
+        type DbKind = $db;
 
         use sqlx::Row as _;
         use $crate::domain::conflict::{Side, resolve};

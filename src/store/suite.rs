@@ -1111,8 +1111,16 @@ async fn a_lapsed_lease_passes_the_job_on_and_fences_the_old_claim(s: SharedStor
             .is_empty()
     );
     // w1 renews while it works...
-    assert_eq!(s.extend_leases("w1", &[first[0].id], 300).await.unwrap(), 1);
-    assert_eq!(s.extend_leases("w2", &[first[0].id], 300).await.unwrap(), 0);
+    let held = [(first[0].id, first[0].claims)];
+    assert_eq!(s.extend_leases("w1", &held, 300).await.unwrap(), 1);
+    assert_eq!(s.extend_leases("w2", &held, 300).await.unwrap(), 0);
+    assert_eq!(
+        s.extend_leases("w1", &[(first[0].id, first[0].claims + 1)], 300)
+            .await
+            .unwrap(),
+        0,
+        "another claim's token"
+    );
     // ...then stops renewing: the lease lapses and w2 takes the job.
     tokio::time::sleep(Duration::from_millis(450)).await;
     let second = s.claim_jobs("w2", JOB_PUSH, 10, 5_000).await.unwrap();

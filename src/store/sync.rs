@@ -169,8 +169,17 @@ pub trait SyncStore: Send + Sync {
         lease_ms: i64,
     ) -> StoreResult<Vec<Job>>;
 
-    /// Extends the leases of jobs `owner` still holds; returns how many.
-    async fn extend_leases(&self, owner: &str, ids: &[i64], lease_ms: i64) -> StoreResult<u64>;
+    /// Extends the leases of jobs `owner` still holds with the same claim
+    /// (`(id, claims)` pairs); returns how many.
+    async fn extend_leases(
+        &self,
+        owner: &str,
+        jobs: &[(i64, i64)],
+        lease_ms: i64,
+    ) -> StoreResult<u64>;
+
+    /// Makes a tenant's jobs that wait for a Zoho connection due now.
+    async fn unpark_jobs(&self, tenant: &str) -> StoreResult<u64>;
 
     /// Deletes a finished job; `false` when the claim was lost (fenced out).
     async fn finish_job(&self, job: &Job) -> StoreResult<bool>;
@@ -296,6 +305,14 @@ pub trait SyncStore: Send + Sync {
 macro_rules! sync_queries {
     ($skip:literal, $for_update:literal, $live:literal) => {
         mod qs {
+            /// As `ENQUEUE`, but a waiting job of the key is updated, so it
+            /// stays locked until the change commits: a claimer skips it
+            /// (`SKIP LOCKED`) instead of pushing the record as it was.
+            pub const ENQUEUE_IN_CHANGE: &str = concat!(
+                "INSERT INTO sync_jobs (tenant, kind, entity, record_id, serial_key, status, run_at, created_at, updated_at) ",
+                "VALUES ($1, $2, $3, $4, $5, 'queued', ", now_ms!(), " + $6, ", now_ms!(), ", ", now_ms!(), ") ",
+                "ON CONFLICT (serial_key, kind) WHERE status = 'queued' DO UPDATE SET updated_at = excluded.updated_at"
+            );
             pub const ENQUEUE: &str = concat!(
                 "INSERT INTO sync_jobs (tenant, kind, entity, record_id, serial_key, status, run_at, created_at, updated_at) ",
                 "VALUES ($1, $2, $3, $4, $5, 'queued', ", now_ms!(), " + $6, ", now_ms!(), ", ", now_ms!(), ") ",
@@ -323,7 +340,12 @@ macro_rules! sync_queries {
             );
             pub const EXTEND: &str = concat!(
                 "UPDATE sync_jobs SET lease_until = ", now_ms!(), " + $2 ",
-                "WHERE id = $3 AND lease_owner = $1 AND status = 'running'"
+                "WHERE id = $3 AND claims = $4 AND lease_owner = $1 AND status = 'running'"
+            );
+            /// Jobs of this tenant waiting for a connection run now.
+            pub const UNPARK: &str = concat!(
+                "UPDATE sync_jobs SET run_at = ", now_ms!(), " WHERE tenant = $1 AND status = 'queued' ",
+                "AND last_error_class = 'no_connection'"
             );
             pub const FINISH: &str =
                 "DELETE FROM sync_jobs WHERE id = $1 AND claims = $2 AND lease_owner = $3 AND status = 'running'";
@@ -484,11 +506,117 @@ macro_rules! sync_store {
             })
         }
 
+        /// A job queued meanwhile by another transaction took the key
+        /// (PostgreSQL): the whole step is tried again and folds into it.
+        fn is_unique_violation(e: &StoreError) -> bool {
+            matches!(e, StoreError::Database(d)
+                if d.as_database_error().is_some_and(|d| d.is_unique_violation()))
+        }
+
+        async fn claim_once(
+            pool: &sqlx::Pool<DbKind>,
+            owner: &str,
+            kind: &str,
+            limit: i64,
+            lease_ms: i64,
+        ) -> StoreResult<Vec<Job>> {
+            let mut tx = pool.begin().await?;
+            sqlx::query(qs::REAP_FOLD).execute(&mut *tx).await?;
+            sqlx::query(qs::REAP).execute(&mut *tx).await?;
+            let rows = sqlx::query(qs::CLAIM)
+                .bind(owner)
+                .bind(lease_ms)
+                .bind(kind)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let mut jobs = rows.iter().map(job_from).collect::<StoreResult<Vec<_>>>()?;
+            jobs.sort_by_key(|j| j.id);
+            Ok(jobs)
+        }
+
+        async fn fail_once(
+            pool: &sqlx::Pool<DbKind>,
+            job: &Job,
+            retry: Retry,
+            class: &str,
+            message: &str,
+        ) -> StoreResult<bool> {
+            let owner = job.lease_owner.as_deref().unwrap_or("");
+            let mut tx = pool.begin().await?;
+            let done = match retry {
+                Retry::Later { delay_ms, counted } => {
+                    let attempts = job.attempts + i64::from(counted);
+                    let twin: Option<i64> = sqlx::query(qs::QUEUED_TWIN)
+                        .bind(job.id)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.try_get(0))
+                        .transpose()?;
+                    match twin {
+                        // A change queued meanwhile covers this job: it
+                        // inherits the backoff and the attempts.
+                        Some(twin) => {
+                            let gone = sqlx::query(qs::FINISH)
+                                .bind(job.id)
+                                .bind(job.claims)
+                                .bind(owner)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected()
+                                > 0;
+                            if gone {
+                                sqlx::query(qs::DELAY_TWIN)
+                                    .bind(twin)
+                                    .bind(delay_ms)
+                                    .bind(attempts)
+                                    .bind(class)
+                                    .bind(message)
+                                    .execute(&mut *tx)
+                                    .await?;
+                            }
+                            gone
+                        }
+                        None => {
+                            sqlx::query(qs::RETRY)
+                                .bind(job.id)
+                                .bind(job.claims)
+                                .bind(owner)
+                                .bind(delay_ms)
+                                .bind(attempts)
+                                .bind(class)
+                                .bind(message)
+                                .execute(&mut *tx)
+                                .await?
+                                .rows_affected()
+                                > 0
+                        }
+                    }
+                }
+                Retry::Dead => {
+                    sqlx::query(qs::BURY)
+                        .bind(job.id)
+                        .bind(job.claims)
+                        .bind(owner)
+                        .bind(job.attempts + 1)
+                        .bind(class)
+                        .bind(message)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        > 0
+                }
+            };
+            tx.commit().await?;
+            Ok(done)
+        }
+
         /// Marks a synced entity's record pending and queues its push, in
         /// the transaction of the change.
         async fn queue_push(tx: &mut Tx<'_>, key: &RecordKey) -> StoreResult<()> {
             let job = NewJob::push(key);
-            sqlx::query(qs::ENQUEUE)
+            sqlx::query(qs::ENQUEUE_IN_CHANGE)
                 .bind(&job.tenant)
                 .bind(&job.kind)
                 .bind(&job.entity)
@@ -523,41 +651,44 @@ macro_rules! sync_store {
                 limit: i64,
                 lease_ms: i64,
             ) -> StoreResult<Vec<Job>> {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(qs::REAP_FOLD).execute(&mut *tx).await?;
-                sqlx::query(qs::REAP).execute(&mut *tx).await?;
-                let rows = sqlx::query(qs::CLAIM)
-                    .bind(owner)
-                    .bind(lease_ms)
-                    .bind(kind)
-                    .bind(limit)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                let mut jobs = rows.iter().map(job_from).collect::<StoreResult<Vec<_>>>()?;
-                jobs.sort_by_key(|j| j.id);
-                Ok(jobs)
+                let mut tries = 0;
+                loop {
+                    match claim_once(&self.pool, owner, kind, limit, lease_ms).await {
+                        Err(e) if tries < 3 && is_unique_violation(&e) => tries += 1,
+                        other => return other,
+                    }
+                }
             }
+
 
             async fn extend_leases(
                 &self,
                 owner: &str,
-                ids: &[i64],
+                jobs: &[(i64, i64)],
                 lease_ms: i64,
             ) -> StoreResult<u64> {
                 let mut tx = self.pool.begin().await?;
                 let mut n = 0;
-                for id in ids {
+                for (id, claims) in jobs {
                     n += sqlx::query(qs::EXTEND)
                         .bind(owner)
                         .bind(lease_ms)
                         .bind(id)
+                        .bind(claims)
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
                 }
                 tx.commit().await?;
                 Ok(n)
+            }
+
+            async fn unpark_jobs(&self, tenant: &str) -> StoreResult<u64> {
+                Ok(sqlx::query(qs::UNPARK)
+                    .bind(tenant)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
             }
 
             async fn finish_job(&self, job: &Job) -> StoreResult<bool> {
@@ -577,73 +708,13 @@ macro_rules! sync_store {
                 class: &str,
                 message: &str,
             ) -> StoreResult<bool> {
-                let owner = job.lease_owner.as_deref().unwrap_or("");
-                let mut tx = self.pool.begin().await?;
-                let done = match retry {
-                    Retry::Later { delay_ms, counted } => {
-                        let attempts = job.attempts + i64::from(counted);
-                        let twin: Option<i64> = sqlx::query(qs::QUEUED_TWIN)
-                            .bind(job.id)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                            .map(|r| r.try_get(0))
-                            .transpose()?;
-                        match twin {
-                            // A change queued meanwhile covers this job: it
-                            // inherits the backoff and the attempts.
-                            Some(twin) => {
-                                let gone = sqlx::query(qs::FINISH)
-                                    .bind(job.id)
-                                    .bind(job.claims)
-                                    .bind(owner)
-                                    .execute(&mut *tx)
-                                    .await?
-                                    .rows_affected()
-                                    > 0;
-                                if gone {
-                                    sqlx::query(qs::DELAY_TWIN)
-                                        .bind(twin)
-                                        .bind(delay_ms)
-                                        .bind(attempts)
-                                        .bind(class)
-                                        .bind(message)
-                                        .execute(&mut *tx)
-                                        .await?;
-                                }
-                                gone
-                            }
-                            None => {
-                                sqlx::query(qs::RETRY)
-                                    .bind(job.id)
-                                    .bind(job.claims)
-                                    .bind(owner)
-                                    .bind(delay_ms)
-                                    .bind(attempts)
-                                    .bind(class)
-                                    .bind(message)
-                                    .execute(&mut *tx)
-                                    .await?
-                                    .rows_affected()
-                                    > 0
-                            }
-                        }
+                let mut tries = 0;
+                loop {
+                    match fail_once(&self.pool, job, retry.clone(), class, message).await {
+                        Err(e) if tries < 3 && is_unique_violation(&e) => tries += 1,
+                        other => return other,
                     }
-                    Retry::Dead => {
-                        sqlx::query(qs::BURY)
-                            .bind(job.id)
-                            .bind(job.claims)
-                            .bind(owner)
-                            .bind(job.attempts + 1)
-                            .bind(class)
-                            .bind(message)
-                            .execute(&mut *tx)
-                            .await?
-                            .rows_affected()
-                            > 0
-                    }
-                };
-                tx.commit().await?;
-                Ok(done)
+                }
             }
 
             async fn list_jobs(
@@ -742,7 +813,8 @@ macro_rules! sync_store {
                 s.remote
                     .extend(patch.remote.iter().map(|(k, v)| (k.clone(), v.clone())));
                 if let Some(v) = patch.version {
-                    s.version = v;
+                    // Versions only grow: a late writer never moves it back.
+                    s.version = s.version.max(v);
                 }
                 if patch.zoho_modified.is_some() {
                     s.zoho_modified = patch.zoho_modified.clone();
@@ -1046,10 +1118,13 @@ macro_rules! delegate_sync_store {
             async fn extend_leases(
                 &self,
                 owner: &str,
-                ids: &[i64],
+                jobs: &[(i64, i64)],
                 lease_ms: i64,
             ) -> $crate::store::StoreResult<u64> {
-                self.$field.extend_leases(owner, ids, lease_ms).await
+                self.$field.extend_leases(owner, jobs, lease_ms).await
+            }
+            async fn unpark_jobs(&self, tenant: &str) -> $crate::store::StoreResult<u64> {
+                self.$field.unpark_jobs(tenant).await
             }
             async fn finish_job(
                 &self,

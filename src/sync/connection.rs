@@ -453,6 +453,8 @@ impl Connections {
             .put_state(tenant, CONNECTION_STATE, &sealer.seal(&plain))
             .await?;
         self.live().insert(tenant.to_owned(), live);
+        // Changes that waited for a connection go now.
+        self.store.unpark_jobs(tenant).await?;
         Ok(())
     }
 

@@ -85,6 +85,9 @@ pub async fn apply_remote(
         return Ok(Outcome::Unchanged);
     }
     if !mapping.crosses(Flow::FromZoho) {
+        // Zoho's side is not taken, but its version is known now: a push
+        // guarded by it is not refused again and again.
+        store.patch_shadow(&key, &touch).await?;
         return Ok(Outcome::Skipped);
     }
     let patch = match mapping.from_zoho_changed(&values, &changed) {
@@ -114,6 +117,7 @@ pub async fn apply_remote(
         .unwrap_or_default();
     judged.extend(patch.iter().map(|(k, v)| (k.clone(), v.clone())));
     if !mapping.passes_filters(Flow::FromZoho, &judged) {
+        store.patch_shadow(&key, &touch).await?;
         return Ok(Outcome::Skipped);
     }
     let remote_patch = ShadowPatch {
@@ -370,18 +374,29 @@ async fn full(
     tracker.add_api_calls(1);
     tracker.session.total = client.count(&module).await?;
     tracker.add_api_calls(1);
+    // The next incremental starts at the newest change Zoho had before this
+    // read began (inclusive): whatever changes while it reads is newer.
+    let mut newest_first = ListRequest::new(&module, &["Modified_Time"]);
+    newest_first.sort_by = SortBy::ModifiedTime;
+    newest_first.ascending = false;
+    newest_first.per_page = 1;
+    let start = client
+        .list_page(&newest_first, &PageCursor::Page(1))
+        .await?
+        .records
+        .first()
+        .and_then(|r| zoho_text(r, "Modified_Time"));
+    tracker.add_api_calls(1);
     tracker.progress().await;
     let mut request = ListRequest::new(&module, &[]);
     request.fields = fields;
     request.sort_by = SortBy::Id;
     let mut cursor = PageCursor::Page(1);
-    let mut newest: Option<String> = None;
     loop {
         let started = Instant::now();
         let page = client.list_page(&request, &cursor).await?;
         tracker.add_api_calls(1);
-        let page_newest = apply_page(sync, tracker, mapping, &page.records, started).await?;
-        newest = later(newest, page_newest);
+        apply_page(sync, tracker, mapping, &page.records, started).await?;
         match page.next {
             Some(next) => cursor = next,
             None => break,
@@ -395,7 +410,7 @@ async fn full(
                 .log("info", format!("{queued} local records queued for push"));
         }
     }
-    if let Some(n) = newest {
+    if let Some(n) = start {
         sync.store
             .put_state(&tenant, &cursor_name(&module), &n)
             .await?;
@@ -438,20 +453,14 @@ async fn queue_unlinked(
     Ok(queued)
 }
 
-fn later(a: Option<String>, b: Option<String>) -> Option<String> {
-    match (a, b) {
-        (Some(a), Some(b)) => match (parse_zoho_time(&a), parse_zoho_time(&b)) {
-            (Some(x), Some(y)) if y > x => Some(b),
-            _ => Some(a),
-        },
-        (a, b) => a.or(b),
-    }
-}
-
-/// Records modified since the cursor, oldest first (the filter is
-/// inclusive, so the record at the cursor is read again and found
-/// unchanged by the shadow), then deletions since the cursor. Without a
-/// cursor it is a full sync.
+/// Deletions since the cursor, then records modified since it, oldest
+/// first. The filter is inclusive, so a record at the cursor is read again
+/// and found unchanged by the shadow. Pages are keyed by time: each query
+/// starts at the newest `Modified_Time` of the page before (page numbers
+/// only within one second), so a record edited while the pull runs moves
+/// to the end of the window instead of shifting another out of it. The
+/// cursor advances only past what was applied. Without a cursor it is a
+/// full sync.
 async fn incremental(
     sync: &SyncService,
     tracker: &mut Tracker,
@@ -466,33 +475,8 @@ async fn incremental(
             .log("info", "no cursor yet: reading everything once");
         return full(sync, tracker, client, mapping).await;
     };
-    let since = parse_zoho_time(&since_text)
+    let mut since = parse_zoho_time(&since_text)
         .ok_or_else(|| PullError::Other(format!("stored cursor `{since_text}` is not a time")))?;
-    let fields = sync.pull_fields(&tenant, client, mapping).await?;
-    let mut request = ListRequest::new(&module, &[]);
-    request.fields = fields;
-    request.sort_by = SortBy::ModifiedTime;
-    request.modified_since = Some(since);
-    let mut cursor = PageCursor::Page(1);
-    let mut newest = Some(since_text.clone());
-    loop {
-        let started = Instant::now();
-        let page = client.list_page(&request, &cursor).await?;
-        tracker.add_api_calls(1);
-        tracker.session.total += page.records.len() as u64;
-        let page_newest = apply_page(sync, tracker, mapping, &page.records, started).await?;
-        newest = later(newest, page_newest);
-        // The cursor advances with each page: a crash re-reads one page at most.
-        if let Some(n) = &newest {
-            sync.store
-                .put_state(&tenant, &cursor_name(&module), n)
-                .await?;
-        }
-        match page.next {
-            Some(next) => cursor = next,
-            None => break,
-        }
-    }
     let deleted = client.deleted_records(&module, Some(since)).await?;
     tracker.add_api_calls(1);
     tracker.session.total += deleted.len() as u64;
@@ -503,6 +487,34 @@ async fn incremental(
         )
         .await?;
         tracker.progress().await;
+    }
+    let fields = sync.pull_fields(&tenant, client, mapping).await?;
+    let mut request = ListRequest::new(&module, &[]);
+    request.fields = fields;
+    request.sort_by = SortBy::ModifiedTime;
+    let mut cursor = PageCursor::Page(1);
+    loop {
+        request.modified_since = Some(since);
+        let started = Instant::now();
+        let page = client.list_page(&request, &cursor).await?;
+        tracker.add_api_calls(1);
+        tracker.session.total += page.records.len() as u64;
+        let newest = apply_page(sync, tracker, mapping, &page.records, started)
+            .await?
+            .and_then(|t| parse_zoho_time(&t).map(|at| (t, at)));
+        if let Some((text, _)) = &newest {
+            sync.store
+                .put_state(&tenant, &cursor_name(&module), text)
+                .await?;
+        }
+        match (page.next, newest) {
+            (None, _) => break,
+            (Some(_), Some((_, at))) if at > since => {
+                since = at;
+                cursor = PageCursor::Page(1);
+            }
+            (Some(next), _) => cursor = next,
+        }
     }
     Ok(())
 }

@@ -117,10 +117,11 @@ pub fn retry_for(sync: &SyncService, job: &Job, err: &ZohoError) -> (Retry, &'st
         ),
         ErrorClass::Validation => (Retry::Dead, "validation"),
         ErrorClass::NotFound => (Retry::Dead, "not_found"),
+        ErrorClass::Conflict if last_try => (Retry::Dead, "conflict"),
         ErrorClass::Conflict => (
             Retry::Later {
                 delay_ms: 0,
-                counted: false,
+                counted: true,
             },
             "conflict",
         ),
@@ -128,11 +129,12 @@ pub fn retry_for(sync: &SyncService, job: &Job, err: &ZohoError) -> (Retry, &'st
     }
 }
 
-/// How long jobs of a tenant without a Zoho connection wait before looking again.
+/// How long jobs of a tenant without a Zoho connection are parked; setting
+/// the connection makes them due at once (`Connections::set`).
 pub fn no_connection_delay(sync: &SyncService) -> i64 {
     sync.settings
         .retry_max
-        .min(Duration::from_secs(60))
+        .max(Duration::from_secs(3600))
         .as_millis() as i64
 }
 
@@ -199,23 +201,26 @@ async fn push_group(
     let module = mapping.module();
     if !inserts.is_empty() {
         let body: Vec<Map<String, Value>> = inserts.iter().map(|i| i.fields.clone()).collect();
-        report.calls += 1;
+        report.calls += body.len().div_ceil(crate::zoho::client::MAX_WRITE_BATCH) as u64;
         let results = client.upsert(module, &body, &[EXTERNAL_ID]).await;
         settle(sync, &client, mapping, inserts, results, &mut report).await?;
     }
-    // One update per distinct guard: the guard is the oldest Modified_Time
-    // we know of, so a record changed in Zoho since its own last sync is
-    // refused (and pulled), never overwritten; a younger record refused by
-    // the older guard is pulled, found unchanged and pushed again.
-    let (guarded, unguarded): (Vec<Item>, Vec<Item>) =
-        updates.into_iter().partition(|i| i.since.is_some());
-    for group in [guarded, unguarded] {
-        if group.is_empty() {
-            continue;
-        }
-        let since = group.iter().filter_map(|i| i.since).min();
+    // One update per last-synced Modified_Time: each record is guarded by
+    // its own version, so one changed in Zoho since its last sync is
+    // refused (and pulled), never overwritten, and none is refused because
+    // of another's older time. Records synced together share a time, so
+    // this is usually one call. Records never read from Zoho go unguarded.
+    let mut by_guard: BTreeMap<Option<i64>, Vec<Item>> = BTreeMap::new();
+    for item in updates {
+        by_guard
+            .entry(item.since.map(OffsetDateTime::unix_timestamp))
+            .or_default()
+            .push(item);
+    }
+    for (_, group) in by_guard {
+        let since = group.first().and_then(|i| i.since);
         let body: Vec<Map<String, Value>> = group.iter().map(|i| i.fields.clone()).collect();
-        report.calls += 1;
+        report.calls += body.len().div_ceil(crate::zoho::client::MAX_WRITE_BATCH) as u64;
         let results = client.update(module, &body, since).await;
         settle(sync, &client, mapping, group, results, &mut report).await?;
     }
@@ -264,12 +269,15 @@ async fn plan(sync: &SyncService, mapping: &EntityMapping, job: Job) -> Result<P
     let store = &sync.store;
     let shadow = store.shadow(&key).await?.unwrap_or_default();
     let Some(record) = store.get(&key).await? else {
-        return Ok(match shadow.zoho_id {
-            Some(zoho_id) if mapping.crosses(Flow::ToZoho) && shadow.status != "synced" => {
-                Plan::Delete { job, zoho_id }
-            }
-            _ => Plan::Done(job, Outcome::Unchanged),
-        });
+        if let Some(zoho_id) = shadow.zoho_id.clone()
+            && mapping.crosses(Flow::ToZoho)
+            && shadow.status != "synced"
+        {
+            return Ok(Plan::Delete { job, zoho_id });
+        }
+        // Never in Zoho (or deleted there already): nothing to send.
+        mark(sync, &key, "synced", None).await?;
+        return Ok(Plan::Done(job, Outcome::Unchanged));
     };
     if !mapping.passes_filters(Flow::ToZoho, &record.fields) {
         store
@@ -419,6 +427,15 @@ async fn settle(
 ) -> Result<(), StoreError> {
     let results = match results {
         Ok(r) => r,
+        // Zoho refuses a whole guarded update with one 412 without saying
+        // which record changed: each is read again, so the next guard is
+        // its own current version.
+        Err(e) if e.class() == ErrorClass::Conflict => {
+            for item in &items {
+                on_conflict(sync, client, mapping, item, report).await?;
+            }
+            return Ok(());
+        }
         Err(e) => {
             for item in &items {
                 fail(sync, &item.job, &e, report).await?;
@@ -435,12 +452,14 @@ async fn settle(
                 remote.remove("id");
                 remote.remove(EXTERNAL_ID);
                 let current = sync.store.get(&key).await?;
+                // If the record moved on meanwhile, its writer set the
+                // status (a local change: pending with a job queued).
                 let status = if item.conflicted {
-                    "conflict"
+                    Some("conflict")
                 } else if current.is_some_and(|c| c.version == item.record.version) {
-                    "synced"
+                    Some("synced")
                 } else {
-                    "pending"
+                    None
                 };
                 sync.store
                     .patch_shadow(
@@ -451,7 +470,7 @@ async fn settle(
                             remote,
                             version: Some(item.record.version),
                             zoho_modified: success.modified_time.clone(),
-                            status: Some(status.into()),
+                            status: status.map(str::to_owned),
                             error: Some(None),
                             synced: true,
                         },
@@ -468,48 +487,51 @@ async fn settle(
                 });
             }
             Some(Err(e)) if e.class() == ErrorClass::Conflict => {
-                // Zoho changed it since our last sync: read it, let the
-                // conflict engine merge, and push what is left.
-                report.calls += 1;
-                let zoho_id = item.zoho_id.clone().unwrap_or_default();
-                let pulled =
-                    super::pull::pull_one(sync, &item.job.tenant, client, mapping, &zoho_id).await;
-                match pulled {
-                    Ok(outcome) => {
-                        if outcome == Outcome::Conflict {
-                            report.outcomes.push(Outcome::Conflict);
-                        }
-                        sync.store
-                            .fail_job(
-                                &item.job,
-                                Retry::Later {
-                                    delay_ms: 0,
-                                    counted: false,
-                                },
-                                "conflict",
-                                "changed in Zoho too: pulled and merged, pushing the rest",
-                            )
-                            .await?;
-                        sync.wake.notify_waiters();
-                    }
-                    Err(super::pull::PullError::Zoho(pe)) => {
-                        fail(sync, &item.job, &pe, report).await?;
-                    }
-                    Err(super::pull::PullError::Store(se)) => return Err(se),
-                    Err(other) => {
-                        let e = ZohoError::Permanent {
-                            code: "PULL_FAILED".into(),
-                            message: other.to_string(),
-                        };
-                        fail(sync, &item.job, &e, report).await?;
-                    }
-                }
+                on_conflict(sync, client, mapping, &item, report).await?;
             }
             Some(Err(e)) => fail(sync, &item.job, e, report).await?,
             None => {
                 let e = missing_result();
                 fail(sync, &item.job, &e, report).await?
             }
+        }
+    }
+    Ok(())
+}
+
+/// Zoho changed the record since our last sync: read it, let the conflict
+/// engine merge, and push what is left (the job runs again at once).
+async fn on_conflict(
+    sync: &SyncService,
+    client: &ZohoClient,
+    mapping: &EntityMapping,
+    item: &Item,
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    report.calls += 1;
+    let zoho_id = item.zoho_id.clone().unwrap_or_default();
+    match super::pull::pull_one(sync, &item.job.tenant, client, mapping, &zoho_id).await {
+        Ok(outcome) => {
+            if outcome == Outcome::Conflict {
+                report.outcomes.push(Outcome::Conflict);
+            }
+            // Counted: a record that keeps changing in Zoho between our
+            // pull and our push ends in review instead of looping.
+            let conflict = ZohoError::AlreadyModified {
+                message: "changed in Zoho too: pulled and merged, pushing the rest".into(),
+                details: Value::Null,
+            };
+            fail(sync, &item.job, &conflict, report).await?;
+            sync.wake.notify_waiters();
+        }
+        Err(super::pull::PullError::Zoho(e)) => fail(sync, &item.job, &e, report).await?,
+        Err(super::pull::PullError::Store(e)) => return Err(e),
+        Err(other) => {
+            let e = ZohoError::Permanent {
+                code: "PULL_FAILED".into(),
+                message: other.to_string(),
+            };
+            fail(sync, &item.job, &e, report).await?;
         }
     }
     Ok(())

@@ -46,35 +46,45 @@ async fn idle(sync: &SyncService, token: &CancellationToken) -> bool {
 
 /// Runs `work` while renewing the leases of `jobs` every third of the
 /// lease. The renewals run beside the work, never in its place: the work
-/// may hold the store's only connection (SQLite) mid-transaction.
+/// may hold the store's only connection (SQLite) mid-transaction. `None`
+/// when renewals kept failing for half a lease: the lease may lapse and
+/// another worker take the jobs, so this one stops (its work is
+/// idempotent; the other worker redoes it).
 async fn with_heartbeat<F: std::future::Future>(
     sync: &SyncService,
     jobs: &[Job],
     work: F,
-) -> F::Output {
-    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+) -> Option<F::Output> {
+    let held: Vec<(i64, i64)> = jobs.iter().map(|j| (j.id, j.claims)).collect();
     let every = sync.settings.lease / 3;
     let beat = async {
         let mut tick = tokio::time::interval(every);
         tick.tick().await;
+        let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             tick.tick().await;
-            if let Err(e) = sync
+            match sync
                 .store
-                .extend_leases(&sync.worker_id, &ids, lease_ms(sync))
+                .extend_leases(&sync.worker_id, &held, lease_ms(sync))
                 .await
             {
-                tracing::warn!(error = %e, "lease renewal failed");
+                Ok(_) => failing_since = None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease renewal failed");
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= sync.settings.lease / 2 {
+                        return;
+                    }
+                }
             }
         }
     };
     let mut work = std::pin::pin!(work);
-    let mut beat = std::pin::pin!(beat);
-    let mut beating = true;
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = &mut beat, if beating => beating = false,
+    tokio::select! {
+        out = &mut work => Some(out),
+        () = beat => {
+            tracing::error!("leases could not be renewed; dropping the work in hand");
+            None
         }
     }
 }
@@ -149,7 +159,13 @@ pub async fn session_loop(sync: Arc<SyncService>, shutdown: Shutdown, token: Can
 pub async fn run_session_job(sync: &Arc<SyncService>, job: Job) {
     let store = &sync.store;
     let session: Option<Session> = match store.get_session(&job.tenant, &job.record_id).await {
-        Ok(v) => v.and_then(|v| serde_json::from_value(v).ok()),
+        Ok(v) => v.and_then(|v| match serde_json::from_value(v) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(session = %job.record_id, error = %e, "stored session cannot be read; dropped");
+                None
+            }
+        }),
         Err(e) => {
             tracing::warn!(error = %e, "session could not be read");
             let _ = store
@@ -209,12 +225,15 @@ pub async fn run_session_job(sync: &Arc<SyncService>, job: Job) {
     }
     let mut tracker = sync.tracker(&job.tenant, session);
     tracker.start().await;
-    let result = with_heartbeat(
+    let Some(result) = with_heartbeat(
         sync,
         std::slice::from_ref(&job),
         super::pull::run(sync, &mut tracker, &client),
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     match result {
         Ok(()) => {
             tracker.finish(None).await;

@@ -286,7 +286,9 @@ impl SimState {
         deliveries: mpsc::Sender<Delivery>,
         shutdown: CancellationToken,
     ) -> Self {
+        // Zoho keeps whole seconds (ZOHO-API.md §10); so do seeded records.
         let now = OffsetDateTime::now_utc();
+        let now = now.replace_nanosecond(0).unwrap_or(now);
         let world = World::from_seed(&config.seed, now);
         let faults = FaultState::new(config.faults.clone());
         Self {

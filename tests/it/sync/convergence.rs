@@ -111,10 +111,21 @@ async fn converges(seed: u64) {
             let r = remote.get(field).cloned().unwrap_or(Value::Null);
             if l == r {
                 equal += 1;
-            } else {
-                assert!(
-                    explained.contains(&(local_id.clone(), field.to_owned())),
-                    "{local_id}.{field}: local {l} vs Zoho {r} with no open conflict; open: {explained:?}"
+            } else if !explained.contains(&(local_id.clone(), field.to_owned())) {
+                let (_, st) = env.get(&format!("/v1/sync/records/deals/{local_id}")).await;
+                let (_, jobs) = env.get("/v1/sync/jobs").await;
+                let (_, all) = env.get("/v1/conflicts?limit=500").await;
+                let history: Vec<String> = env
+                    .sim
+                    .requests()
+                    .iter()
+                    .filter(|q| {
+                        q.body.contains(zoho_id.as_str()) || q.path.contains(zoho_id.as_str())
+                    })
+                    .map(|q| format!("{} {} {} {}", q.method, q.path, q.status, q.body))
+                    .collect();
+                panic!(
+                    "{local_id}.{field}: local {l} vs Zoho {r} with no open conflict; requests: {history:#?}; open: {explained:?}; sync: {st}; jobs: {jobs}; zoho: {remote:?}; local: {local}; conflicts: {all}"
                 );
             }
         }

@@ -550,3 +550,43 @@ async fn sessions_are_announced_on_sync_sessions() {
     assert!(kinds.iter().any(|k| k == "session.progress"));
     env.finish().await;
 }
+
+#[tokio::test]
+async fn a_to_zoho_entity_overwrites_a_zoho_edit_once_and_does_not_loop() {
+    let env = Env::start_with(crate::zoho::fast_sim_config(), false, |c| {
+        c.sync.entities = toml::from_str("[deals]\ndirection = \"to_zoho\"\n").expect("entities");
+    })
+    .await
+    .expect("sqlite");
+    env.create("deals", "tz-1", deal("One way", 1.0)).await;
+    eventually(10, "pushed", || async {
+        env.in_zoho("Deals", "tz-1").len() == 1
+    })
+    .await;
+    env.settle().await;
+    let zoho_id = env.in_zoho("Deals", "tz-1")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    env.sim.advance_clock(Duration::from_secs(2));
+    env.zoho_user()
+        .update("Deals", &[rec(json!({"id": zoho_id, "Amount": 9.0}))], None)
+        .await
+        .expect("remote edit");
+    env.update("deals", "tz-1", json!({"Amount": 2.0})).await;
+    env.settle().await;
+    // Refused once (ALREADY_MODIFIED), read, not taken (to_zoho), pushed again.
+    assert_eq!(env.in_zoho("Deals", "tz-1")[0]["Amount"], 2.0);
+    assert_eq!(
+        env.record("deals", "tz-1").await.expect("local")["fields"]["Amount"],
+        2.0
+    );
+    let puts = env.sim.count("PUT", "/Deals");
+    assert!(
+        (2..=3).contains(&puts),
+        "{puts} updates: the guard must not loop"
+    );
+    let (_, dead) = env.get("/v1/sync/jobs?status=dead").await;
+    assert_eq!(dead["jobs"], json!([]), "{dead}");
+    env.finish().await;
+}
