@@ -150,6 +150,7 @@ on_both!(
     a_record_with_a_running_push_is_not_claimed_twice,
     failures_back_off_or_go_dead_and_a_dead_job_can_be_revived,
     concurrent_claimers_take_each_job_exactly_once,
+    a_record_is_never_held_by_two_claimers_while_it_keeps_changing,
     shadows_merge_and_schedule_slots_open_once,
 );
 
@@ -1312,6 +1313,76 @@ async fn concurrent_claimers_take_each_job_exactly_once(s: SharedStore) {
     all.dedup();
     assert_eq!(n, 60, "every job claimed");
     assert_eq!(all.len(), 60, "none claimed twice");
+}
+
+async fn a_record_is_never_held_by_two_claimers_while_it_keeps_changing(s: SharedStore) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    let held: Arc<Mutex<HashSet<String>>> = Arc::new(Mutex::new(HashSet::new()));
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let s = s.clone();
+        let writing = writing.clone();
+        tokio::spawn(async move {
+            for round in 0..15 {
+                for r in 0..6 {
+                    let k = key("t", &format!("hot-{r}"));
+                    let base = if round == 0 { Some(0) } else { None };
+                    s.write(update(&k, base, json!({"n": round}), "u"))
+                        .await
+                        .unwrap();
+                }
+            }
+            writing.store(false, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let mut claimers = vec![];
+    for w in 0..4 {
+        let s = s.clone();
+        let held = held.clone();
+        let writing = writing.clone();
+        claimers.push(tokio::spawn(async move {
+            let mut done = 0;
+            loop {
+                let jobs = s
+                    .claim_jobs(&format!("w{w}"), JOB_PUSH, 3, 60_000)
+                    .await
+                    .unwrap();
+                if jobs.is_empty() {
+                    if !writing.load(std::sync::atomic::Ordering::SeqCst)
+                        && s.list_jobs("t", Some("queued"), 1)
+                            .await
+                            .unwrap()
+                            .is_empty()
+                    {
+                        return done;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                for j in &jobs {
+                    assert!(
+                        held.lock().unwrap().insert(j.record_id.clone()),
+                        "{} claimed while another claimer held it",
+                        j.record_id
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                for j in &jobs {
+                    held.lock().unwrap().remove(&j.record_id);
+                    assert!(s.finish_job(j).await.unwrap());
+                    done += 1;
+                }
+            }
+        }));
+    }
+    writer.await.unwrap();
+    let mut total = 0;
+    for c in claimers {
+        total += c.await.unwrap();
+    }
+    assert!(total >= 6, "every record pushed at least once ({total})");
+    assert!(s.list_jobs("t", None, 10).await.unwrap().is_empty());
 }
 
 async fn shadows_merge_and_schedule_slots_open_once(s: SharedStore) {
