@@ -487,6 +487,12 @@ macro_rules! sync_store {
             })
         }
 
+        /// Column 0: a session's JSON body.
+        fn session_from(row: &DbRow) -> StoreResult<Value> {
+            let text: String = row.try_get(0)?;
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("session: {e}")))
+        }
+
         fn json_map(text: &str) -> StoreResult<Map<String, Value>> {
             parse_fields(text)
         }
@@ -964,12 +970,7 @@ macro_rules! sync_store {
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?;
-                row.map(|r| {
-                    let text: String = r.try_get(0)?;
-                    serde_json::from_str(&text)
-                        .map_err(|e| StoreError::Corrupt(format!("session: {e}")))
-                })
-                .transpose()
+                row.as_ref().map(session_from).transpose()
             }
 
             async fn list_sessions(
@@ -984,13 +985,7 @@ macro_rules! sync_store {
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?;
-                rows.iter()
-                    .map(|r| {
-                        let text: String = r.try_get(0)?;
-                        serde_json::from_str(&text)
-                            .map_err(|e| StoreError::Corrupt(format!("session: {e}")))
-                    })
-                    .collect()
+                rows.iter().map(session_from).collect()
             }
 
             async fn get_state(&self, tenant: &str, name: &str) -> StoreResult<Option<String>> {

@@ -116,23 +116,12 @@ async fn a_push_to_a_record_deleted_in_zoho_goes_to_review() {
 }
 
 fn worker_command(env: &Env, db: &str, data_dir: &std::path::Path) -> tokio::process::Command {
-    let (id, secret, refresh) = env.sim.credentials().expect("credentials");
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_synchub"));
-    cmd.arg("worker")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SYNCHUB_DATA_DIR", data_dir)
-        .env("SYNCHUB_DATABASE_URL", db)
-        .env("SYNCHUB_ZOHO_ACCOUNTS_URL", &env.sim.base_url)
-        .env("SYNCHUB_ZOHO_API_URL", &env.sim.base_url)
-        .env("SYNCHUB_ZOHO_CLIENT_ID", id)
-        .env("SYNCHUB_ZOHO_CLIENT_SECRET", secret)
-        .env("SYNCHUB_ZOHO_REFRESH_TOKEN", refresh)
+    let mut cmd = ZohoAccess::of(&env.sim).command(&["worker"], data_dir);
+    cmd.env("SYNCHUB_DATABASE_URL", db)
         .env("SYNCHUB_SYNC_LEASE", "2s")
         .env("SYNCHUB_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+        .stderr(Stdio::inherit());
     cmd
 }
 

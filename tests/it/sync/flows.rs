@@ -367,11 +367,7 @@ direction = "to_zoho"
 conditions = [{ field = "amount_cents", op = "greater_than", value = 1000 }]
 "#;
         c.sync = toml::from_str(text).expect("sync config");
-        c.sync.lease = Duration::from_secs(2);
-        c.sync.poll_interval = Duration::from_millis(50);
-        c.sync.retry_initial = Duration::from_millis(50);
-        c.sync.retry_max = Duration::from_millis(400);
-        c.sync.incremental_interval = Duration::from_secs(3600);
+        fast_sync(&mut c.sync);
     })
     .await
     .expect("sqlite");

@@ -23,6 +23,68 @@ pub struct Env {
     pub schema: Option<String>,
 }
 
+/// Where the emulator is and how to sign in: for a node's `[zoho]`
+/// configuration or a `synchub` process's environment.
+#[derive(Clone)]
+pub struct ZohoAccess {
+    pub base: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub refresh_token: String,
+}
+
+impl ZohoAccess {
+    pub fn of(sim: &SimHandle) -> Self {
+        let (client_id, client_secret, refresh_token) =
+            sim.credentials().expect("the seed has an OAuth client");
+        Self {
+            base: sim.base_url.clone(),
+            client_id,
+            client_secret,
+            refresh_token,
+        }
+    }
+
+    /// The connection, with a client tuned for fast tests.
+    pub fn configure(&self, c: &mut synchub::config::Config) {
+        c.zoho.accounts_url = Some(self.base.clone());
+        c.zoho.api_url = Some(self.base.clone());
+        c.zoho.client_id = Some(self.client_id.clone());
+        c.zoho.client_secret = Some(synchub::config::Secret::new(&self.client_secret));
+        c.zoho.refresh_token = Some(synchub::config::Secret::new(&self.refresh_token));
+        c.zoho.requests_per_second = 10_000;
+        c.zoho.max_concurrency = 8;
+        c.zoho.request_timeout = Duration::from_secs(2);
+        c.zoho.max_attempts = 2;
+        c.zoho.throttle_budget = Duration::from_millis(300);
+    }
+
+    /// The same connection for a `synchub` process (a clean environment).
+    pub fn command(&self, args: &[&str], data_dir: &std::path::Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_synchub"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SYNCHUB_DATA_DIR", data_dir)
+            .env("SYNCHUB_ZOHO_ACCOUNTS_URL", &self.base)
+            .env("SYNCHUB_ZOHO_API_URL", &self.base)
+            .env("SYNCHUB_ZOHO_CLIENT_ID", &self.client_id)
+            .env("SYNCHUB_ZOHO_CLIENT_SECRET", &self.client_secret)
+            .env("SYNCHUB_ZOHO_REFRESH_TOKEN", &self.refresh_token)
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
+/// Short leases, fast polls and retries, no scheduled incremental in the way.
+pub fn fast_sync(s: &mut synchub::config::SyncConfig) {
+    s.lease = Duration::from_secs(2);
+    s.poll_interval = Duration::from_millis(50);
+    s.retry_initial = Duration::from_millis(50);
+    s.retry_max = Duration::from_millis(400);
+    s.incremental_interval = Duration::from_secs(3600);
+}
+
 impl Env {
     pub async fn start() -> Self {
         Self::start_with(fast_sim_config(), false, |_| {})
@@ -43,24 +105,10 @@ impl Env {
                 .try_init();
         }
         let sim = start_sim(sim_config).await;
-        let (id, secret, refresh) = sim.credentials().expect("credentials");
-        let base = sim.base_url.clone();
+        let zoho = ZohoAccess::of(&sim);
         let (app, schema) = crate::records::app_with(postgres, move |c| {
-            c.zoho.accounts_url = Some(base.clone());
-            c.zoho.api_url = Some(base);
-            c.zoho.client_id = Some(id);
-            c.zoho.client_secret = Some(synchub::config::Secret::new(secret));
-            c.zoho.refresh_token = Some(synchub::config::Secret::new(refresh));
-            c.zoho.requests_per_second = 10_000;
-            c.zoho.max_concurrency = 8;
-            c.zoho.request_timeout = Duration::from_secs(2);
-            c.zoho.max_attempts = 2;
-            c.zoho.throttle_budget = Duration::from_millis(300);
-            c.sync.lease = Duration::from_secs(2);
-            c.sync.poll_interval = Duration::from_millis(50);
-            c.sync.retry_initial = Duration::from_millis(50);
-            c.sync.retry_max = Duration::from_millis(400);
-            c.sync.incremental_interval = Duration::from_secs(3600);
+            zoho.configure(c);
+            fast_sync(&mut c.sync);
             tweak(c);
         })
         .await?;

@@ -17,21 +17,11 @@ async fn synchub_sync_full_runs_one_session_in_the_foreground() {
             .map(|i| rec(deal(&format!("Cli {i}"), 1.0)))
             .collect(),
     );
-    let (id, secret, refresh) = sim.credentials().expect("credentials");
     let dir = tempfile::tempdir().expect("dir");
+    let zoho = ZohoAccess::of(&sim);
     let run = |module: &str| {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_synchub"));
-        cmd.args(["sync", "full", "--module", module])
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("SYNCHUB_DATA_DIR", dir.path())
-            .env("SYNCHUB_ZOHO_ACCOUNTS_URL", &sim.base_url)
-            .env("SYNCHUB_ZOHO_API_URL", &sim.base_url)
-            .env("SYNCHUB_ZOHO_CLIENT_ID", &id)
-            .env("SYNCHUB_ZOHO_CLIENT_SECRET", &secret)
-            .env("SYNCHUB_ZOHO_REFRESH_TOKEN", &refresh)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        let mut cmd = zoho.command(&["sync", "full", "--module", module], dir.path());
+        cmd.stdin(Stdio::null());
         cmd
     };
     let out = run("Deals").output().await.expect("runs");
@@ -75,15 +65,10 @@ async fn two_nodes_share_the_scheduled_incremental_and_run_it_once_per_interval(
     let base = crate::records::pg_url();
     let sep = if base.contains('?') { '&' } else { '?' };
     let db = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    let (id, secret, refresh) = env.sim.credentials().expect("credentials");
-    let sim_url = env.sim.base_url.clone();
+    let zoho = ZohoAccess::of(&env.sim);
     let second = TestApp::spawn_with(move |c| {
         c.database_url = Some(synchub::config::Secret::new(db));
-        c.zoho.accounts_url = Some(sim_url.clone());
-        c.zoho.api_url = Some(sim_url);
-        c.zoho.client_id = Some(id);
-        c.zoho.client_secret = Some(synchub::config::Secret::new(secret));
-        c.zoho.refresh_token = Some(synchub::config::Secret::new(refresh));
+        zoho.configure(c);
         c.sync.incremental_interval = interval;
     })
     .await;
